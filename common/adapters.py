@@ -1,0 +1,215 @@
+"""Loading personalisation adapters into a pipeline, and proving they loaded.
+
+Three file kinds come out of DreamBooth-style training:
+
+1. a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors, keys
+   `base_model.model.<module>.lora_A.weight`), which is what the course's
+   release and `peft.PeftModel.save_pretrained` write;
+2. diffusers' own `pytorch_lora_weights.safetensors` (keys `unet.<module>...`),
+   written by diffusers' training scripts and by exercise3b;
+3. a textual-inversion embedding, `learned_embeds.safetensors` ({token: vector}).
+
+Why not just `pipe.load_lora_weights(folder)`? For kind 1 it loads nothing: it
+looks for keys starting with `unet.`, finds none, logs one line and returns,
+and the original course then printed "LoRA weights loaded successfully!". If
+the keys are renamed by hand, the file's lora_alpha is lost and the adapter
+runs at alpha = r, 1/8 of its trained strength for the release (r=4, alpha=32).
+So kind 1 goes through `unet.load_lora_adapter` with the PEFT config passed as
+metadata, and every kind is checked afterwards by counting the LoRA layers that
+really sit in the model against the layers in the file.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from common.errors import UserError
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclasses.dataclass
+class LoadedAdapter:
+    kind: str  # "LoRA" or "TI"
+    source: str
+    layers: int = 0
+    scale: float = 0.0
+    token: str = ""
+
+    def describe(self):
+        if self.kind == "LoRA":
+            return f"LoRA {self.source}: {self.layers} layers, scale {self.scale:g}"
+        return f"TI {self.source}: token {self.token}"
+
+
+def missing_lora_message(path):
+    return (f"no LoRA at {path}: train one with exercise3b_train_lora.py, or download adapter_model.safetensors "
+            f"and adapter_config.json from the release into models/fabric_lora/ (or pass --lora-dir none)")
+
+
+def read_safetensors(path):
+    """All tensors of a .safetensors file; a damaged file is a UserError, and pickle is never used."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path} is damaged or incomplete ({str(error).splitlines()[0][:100]}); "
+                        "download or train it again") from None
+    if not state_dict:
+        raise UserError(f"{path} holds no tensors; download or train it again")
+    return state_dict
+
+
+def lora_module_path(key):
+    """'down_blocks.0...to_q.lora_A.weight' -> 'down_blocks.0...to_q' (None for other layouts)."""
+    for marker in (".lora_A.", ".lora_B."):
+        if marker in key:
+            return key.split(marker)[0]
+    return None
+
+
+def count_file_lora_layers(state_dict):
+    """How many LoRA layers a state dict describes: one down/A matrix per layer, in any key style."""
+    return sum(1 for key in state_dict
+               if ".lora_A." in key or key.endswith(("lora.down.weight", "lora_down.weight")))
+
+
+def injected_lora_layers(pipe, adapter_name):
+    """The LoRA layers of `adapter_name` that really sit in the UNet and text encoder."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = []
+    for model in (pipe.unet, getattr(pipe, "text_encoder", None)):
+        if model is None:
+            continue
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {}):
+                layers.append(module)
+    return layers
+
+
+def check_lora_fits(unet, state_dict, source):
+    """Fail with both shapes when a LoRA was made for a differently shaped base model."""
+    for key, tensor in state_dict.items():
+        module_path = lora_module_path(key)
+        if module_path is None:
+            continue
+        try:
+            module = unet.get_submodule(module_path)
+        except AttributeError:
+            raise UserError(f"{source} was made for another base model: it adapts a layer '{module_path}' "
+                            "that this base model does not have") from None
+        want_in, want_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        if ".lora_A." in key and tensor.ndim == 2 and want_in is not None and tensor.shape[1] != want_in:
+            raise UserError(f"{source} was made for another base model: its layer {module_path} takes "
+                            f"{tensor.shape[1]}-wide input, this base model's takes {want_in}-wide "
+                            f"(e.g. 768 = SD 1.x text encoder, 1024 = SD 2.x); use the matching --base-model")
+        if ".lora_B." in key and tensor.ndim == 2 and want_out is not None and tensor.shape[0] != want_out:
+            raise UserError(f"{source} was made for another base model: its layer {module_path} gives "
+                            f"{tensor.shape[0]}-wide output, this base model's gives {want_out}-wide; "
+                            "use the matching --base-model")
+
+
+def peft_lora_config_kwargs(folder):
+    """The LoraConfig arguments stored in a PEFT adapter_config.json (lora_alpha included)."""
+    from peft import LoraConfig
+
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except (json.JSONDecodeError, TypeError, ValueError, OSError) as error:
+        raise UserError(f"{folder / PEFT_CONFIG} is not a valid PEFT LoRA config ({str(error)[:100]}); "
+                        "download it again") from None
+    fields = {field.name for field in dataclasses.fields(LoraConfig) if field.init}
+    return {key: value for key, value in config.to_dict().items() if key in fields}
+
+
+def find_lora_files(path):
+    """Decide which kind of LoRA `path` is: ('peft', folder) or ('diffusers', weights file)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(missing_lora_message(path))
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise UserError(f"{path} is not a .safetensors file; only safetensors are read (never pickle)")
+        if path.name == PEFT_WEIGHTS:
+            return find_lora_files(path.parent)
+        return "diffusers", path
+    if (path / PEFT_WEIGHTS).is_file():
+        if not (path / PEFT_CONFIG).is_file():
+            raise UserError(f"{path} has {PEFT_WEIGHTS} but no {PEFT_CONFIG}; download both files of the release")
+        return "peft", path
+    if (path / DIFFUSERS_WEIGHTS).is_file():
+        return "diffusers", path / DIFFUSERS_WEIGHTS
+    pickles = sorted(p.name for p in path.glob("*.bin"))
+    if pickles:
+        raise UserError(f"{path} holds only {', '.join(pickles)} (pickle); this repo reads safetensors only: "
+                        f"save the adapter again with safe_serialization=True")
+    if not any(path.iterdir()):
+        raise UserError(f"{path} is empty. " + missing_lora_message(path))
+    raise UserError(f"{path} holds neither {PEFT_WEIGHTS} + {PEFT_CONFIG} nor {DIFFUSERS_WEIGHTS}. "
+                    + missing_lora_message(path))
+
+
+def load_lora(pipe, path, adapter_name="fabric", weight=None):
+    """Load a LoRA from `path` into `pipe` and prove every layer of the file landed.
+
+    `weight` multiplies the trained strength (1.0 = lora_alpha / r as trained).
+    """
+    kind, location = find_lora_files(path)
+    if kind == "peft":
+        state_dict = read_safetensors(location / PEFT_WEIGHTS)
+        config_kwargs = peft_lora_config_kwargs(location)
+        state_dict = {key.removeprefix(PEFT_PREFIX): value for key, value in state_dict.items()}
+        check_lora_fits(pipe.unet, state_dict, path)
+        # prefix=None: PEFT keys carry no "unet." prefix. metadata: keeps lora_alpha,
+        # which diffusers would otherwise guess as alpha = r.
+        pipe.unet.load_lora_adapter(state_dict, prefix=None, metadata=config_kwargs, adapter_name=adapter_name)
+    else:
+        state_dict = read_safetensors(location)
+        for prefix in ("unet.", "text_encoder."):
+            part = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+            if prefix == "unet." and part:
+                check_lora_fits(pipe.unet, part, path)
+        try:
+            # diffusers' own format: its loader reads the alpha from the file's metadata.
+            pipe.load_lora_weights(str(location.parent), weight_name=location.name, adapter_name=adapter_name)
+        except (ValueError, RuntimeError, KeyError) as error:
+            raise UserError(f"{path} could not be loaded as a LoRA for this base model: "
+                            f"{str(error).splitlines()[0][:160]}") from None
+
+    expected = count_file_lora_layers(state_dict)
+    layers = injected_lora_layers(pipe, adapter_name)
+    if not layers or len(layers) < expected:
+        raise UserError(f"only {len(layers)} of the {expected} LoRA layers in {path} were loaded into the model; "
+                        "the file does not match this base model or this loader")
+    if weight is not None:
+        pipe.set_adapters([adapter_name], adapter_weights=[weight])
+    scales = sorted({float(layer.scaling[adapter_name]) for layer in layers})
+    return LoadedAdapter("LoRA", str(path), layers=len(layers), scale=scales[0] if len(scales) == 1 else scales[-1])
+
+
+def load_textual_inversion(pipe, path):
+    """Add the token and vector of a learned_embeds.safetensors file to the tokenizer and text encoder."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no textual-inversion file at {path}: train one with exercise3a_train_textual_inversion.py "
+                        "or download learned_embeds.safetensors from the release")
+    if path.suffix != ".safetensors":
+        raise UserError(f"{path} is not a .safetensors file; only safetensors are read (never pickle)")
+    state_dict = read_safetensors(path)
+    if len(state_dict) != 1:
+        raise UserError(f"{path} should hold one tensor keyed by its token, found {len(state_dict)}")
+    token, vector = next(iter(state_dict.items()))
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    if vector.shape[-1] != width:
+        raise UserError(f"{path} was made for another base model: its vector is {vector.shape[-1]}-wide, "
+                        f"this text encoder's embeddings are {width}-wide; use the matching --base-model")
+    if token in pipe.tokenizer.get_vocab():
+        raise UserError(f"token {token} is already in this tokenizer; load each embedding once")
+    pipe.load_textual_inversion(state_dict)
+    return LoadedAdapter("TI", str(path), token=token)

@@ -1,0 +1,86 @@
+"""The command-line flags every script shares, with their checks.
+
+Each script builds its parser with `make_parser` so that `--base-model`,
+`--lora-dir`, `--steps` and friends mean the same thing everywhere and show
+their defaults in `--help`. Bad values stop at the parser with one line.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_LORA_DIR = "models/fabric_lora"
+DEFAULT_RESOLUTION = 512
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line and exits 1 like every other user error."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(1)
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def image_size(text):
+    value = positive_int(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(
+            f"must be a multiple of 8 (the VAE halves the image 3 times), got {text}; try {max(8, round(value / 8) * 8)}"
+        )
+    return value
+
+
+def make_parser(description, *, seed=42, output_dir="outputs"):
+    """A parser holding the flags shared by all generation scripts."""
+    parser = OneLineParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
+                       help="hub id or local diffusers folder of the base Stable Diffusion model")
+    model.add_argument("--lora-dir", default=DEFAULT_LORA_DIR,
+                       help="LoRA to load: a PEFT folder (adapter_config.json + adapter_model.safetensors), "
+                            "a diffusers folder or .safetensors file (pytorch_lora_weights.safetensors); "
+                            "'none' runs the base model alone")
+    model.add_argument("--lora-weight", type=non_negative_float, default=None,
+                       help="multiply the LoRA's trained strength (lora_alpha / r) by this; 0 switches it off")
+    model.add_argument("--ti-file", default=None,
+                       help="textual-inversion embedding to load (learned_embeds.safetensors)")
+    model.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                       help="where to run; auto picks cuda, then mps, then cpu")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps per image")
+    sampling.add_argument("--guidance", type=non_negative_float, default=7.5,
+                          help="classifier-free guidance scale")
+    sampling.add_argument("--seed", type=int, default=seed, help="random seed of the first image")
+    sampling.add_argument("--resolution", type=image_size, default=DEFAULT_RESOLUTION,
+                          help="image width and height in pixels")
+    sampling.add_argument("--negative-prompt", default=None,
+                          help="what to steer away from, e.g. 'blurry, distorted'")
+    sampling.add_argument("--batch-size", type=positive_int, default=1,
+                          help="images per pipeline call (more is faster on a GPU, needs more memory)")
+    parser.add_argument("--output-dir", type=Path, default=Path(output_dir), help="where pictures are written")
+    return parser

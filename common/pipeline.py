@@ -1,0 +1,131 @@
+"""Loading the base Stable Diffusion pipeline, from the hub or a local folder.
+
+Every script goes through `load_pipeline` so that the model id, scheduler,
+precision and error messages are the same everywhere.
+"""
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from common.errors import UserError
+
+# The course text names this id; RunwayML removed the repository in 2024 and
+# the same weights now live under the stable-diffusion-v1-5 organisation.
+RENAMED_MODEL_IDS = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+
+
+def quiet_libraries():
+    """Hide library chatter that says nothing to a student (torchvision hints, shard bars)."""
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    diffusers.logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def resolve_model_id(base_model):
+    """Map retired hub ids to their new home, saying so once."""
+    if base_model in RENAMED_MODEL_IDS:
+        new_id = RENAMED_MODEL_IDS[base_model]
+        print(f"note: {base_model} no longer exists on the hub; using {new_id}")
+        return new_id
+    return base_model
+
+
+def load_pipeline(base_model, device, dtype):
+    """A StableDiffusionPipeline on `device` in `dtype`, with the DPM-Solver++ scheduler.
+
+    `base_model` is a hub id (looked up in the local Hugging Face cache first,
+    so nothing is downloaded twice) or a folder written by `save_pretrained`.
+    """
+    quiet_libraries()
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    base_model = resolve_model_id(str(base_model))
+    local = Path(base_model).expanduser()
+    looks_local = local.exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") != 1
+    if looks_local and not (local / "model_index.json").is_file():
+        raise UserError(f"--base-model {base_model} is not a diffusers folder (no model_index.json there); "
+                        "pass a folder written by save_pretrained or a hub id such as " + RENAMED_MODEL_IDS[
+                            "runwayml/stable-diffusion-v1-5"])
+    # The safety checker is left out: it is a 1.2 GB extra model whose false
+    # positives black out harmless fabric images, and it is not part of DreamBooth.
+    options = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        if looks_local:
+            pipe = StableDiffusionPipeline.from_pretrained(local, **options)
+        else:
+            try:  # the cache first: quick, and works with no network
+                pipe = StableDiffusionPipeline.from_pretrained(base_model, local_files_only=True, **options)
+            except OSError:
+                print(f"downloading {base_model} (about 4 GB, once) ...")
+                pipe = StableDiffusionPipeline.from_pretrained(base_model, **options)
+    except OSError as error:
+        raise UserError(
+            f"could not load base model {base_model} ({str(error).splitlines()[0][:120]}); "
+            "with no network, put it in the Hugging Face cache while online, or pass a local "
+            "diffusers folder with --base-model"
+        ) from None
+    except (ValueError, KeyError) as error:
+        raise UserError(f"{base_model} is not a usable Stable Diffusion pipeline: {str(error).splitlines()[0][:160]}") from None
+
+    # DPM-Solver++ reaches in 20-30 steps what the default PNDM needs 50 for.
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    return pipe
+
+
+SUBJECT_CLASS = "african fabric pattern"
+
+
+def subject_token(adapters, override=None):
+    """The word(s) that call up the learned fabric in a prompt.
+
+    A LoRA was trained on "sks"; a textual inversion on its own token. With
+    both loaded, both words are used; with neither, "sks" stays so that the
+    base model's answer to the very same prompt can be compared.
+    """
+    if override:
+        return override
+    words = [adapter.token for adapter in adapters if adapter.kind == "TI"]
+    if any(adapter.kind == "LoRA" for adapter in adapters) or not words:
+        words.insert(0, "sks")
+    return " ".join(words)
+
+
+def load_personalized_pipeline(args):
+    """Base model + the adapters named by --lora-dir/--ti-file, with a one-line banner.
+
+    Everything that can fail on bad input fails here, before a single picture
+    is written, so a mistake never leaves half an output folder behind.
+    """
+    from common.adapters import load_lora, load_textual_inversion
+    from common.device import pick_device
+
+    device, dtype = pick_device(args.device)
+    lora_dir = None if str(args.lora_dir).lower() in ("", "none") else args.lora_dir
+    if lora_dir is not None:  # check the path before spending a minute on the base model
+        from common.adapters import find_lora_files
+
+        find_lora_files(lora_dir)
+    base_model = resolve_model_id(str(args.base_model))
+    pipe = load_pipeline(base_model, device, dtype)
+    adapters = []
+    if lora_dir is not None:
+        adapters.append(load_lora(pipe, lora_dir, weight=getattr(args, "lora_weight", None)))
+    if args.ti_file:
+        adapters.append(load_textual_inversion(pipe, args.ti_file))
+    parts = [f"base model: {base_model}", f"device {device.type}",
+             str(dtype).removeprefix("torch.")] + [adapter.describe() for adapter in adapters]
+    if not adapters:
+        parts.append("no adapter (base model only)")
+    print(" | ".join(parts))
+    return pipe, adapters

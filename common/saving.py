@@ -1,0 +1,62 @@
+"""Writing outputs atomically: a file is either the old one or the complete new one.
+
+Every picture, GIF and weight file is first written under a temporary name in
+the same folder and then renamed, which the operating system does in one step.
+A crash or Ctrl-C therefore never leaves a truncated PNG or safetensors file.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path, write):
+    """Call write(temp_path) and move the result to `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(temp_name)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.remove(temp_name)
+    return path
+
+
+def save_image(image, path):
+    return atomic_write(path, lambda temp: image.save(temp, format="PNG"))
+
+
+def save_figure(figure, path, dpi=100):
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=dpi, bbox_inches="tight"))
+    plt.close(figure)
+    return Path(path)
+
+
+def save_gif(frames, path, centiseconds_per_frame):
+    """An endlessly looping GIF; GIF stores delays in whole 1/100 s."""
+    def write(temp):
+        first, *rest = frames
+        first.save(temp, format="GIF", save_all=True, append_images=rest,
+                   duration=centiseconds_per_frame * 10, loop=0, optimize=False, disposal=1)
+    return atomic_write(path, write)
+
+
+def save_json(data, path):
+    def write(temp):
+        with open(temp, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+    return atomic_write(path, write)
+
+
+def save_safetensors(tensors, path, metadata=None):
+    from safetensors.torch import save_file
+
+    tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))

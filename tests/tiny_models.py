@@ -1,0 +1,93 @@
+"""Tiny, randomly initialised models in Stable Diffusion's format, built in seconds.
+
+They share SD 1.5's structure (CLIP tokenizer and text encoder, a UNet with
+cross-attention, a KL VAE with 4 latent channels) at a few thousand times
+fewer weights, so every code path runs on a CPU without a download.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+TINY_TEXT_WIDTH = 32
+
+
+def write_tiny_tokenizer(folder):
+    """A CLIP tokenizer whose vocabulary is the printable ASCII characters (no merges)."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    characters = [chr(code) for code in range(33, 127)]
+    vocab = {}
+    for piece in characters + [c + "</w>" for c in characters] + ["<|startoftext|>", "<|endoftext|>"]:
+        vocab[piece] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def tiny_unet(cross_attention_dim=TINY_TEXT_WIDTH, seed=0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
+    )
+
+
+def build_tiny_pipeline(folder, seed=0, text_width=TINY_TEXT_WIDTH):
+    """Save a tiny StableDiffusionPipeline to `folder` and return it."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    tokenizer = write_tiny_tokenizer(folder / "_tokenizer_source")
+    vocab = tokenizer.get_vocab()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=text_width, intermediate_size=2 * text_width, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
+    )
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_unet(text_width, seed),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def random_lora_state_dict(unet, rank=4, seed=0, prefix="base_model.model."):
+    """PEFT-style LoRA weights for every attention projection of `unet`, non-zero so they change outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {}
+    for name, module in unet.named_modules():
+        if name.endswith(("to_q", "to_k", "to_v", "to_out.0")) and isinstance(module, torch.nn.Linear):
+            state_dict[f"{prefix}{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.1
+            state_dict[f"{prefix}{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.1
+    return state_dict
+
+
+def write_peft_lora(folder, unet, rank=4, alpha=32, seed=0):
+    """A PEFT adapter folder like the course release (adapter_config.json + adapter_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state_dict = random_lora_state_dict(unet, rank, seed)
+    save_file(state_dict, str(folder / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+              "target_modules": ["to_k", "to_q", "to_v", "to_out.0"], "init_lora_weights": "gaussian",
+              "base_model_name_or_path": None, "inference_mode": True, "task_type": None}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return folder
