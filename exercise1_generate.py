@@ -48,9 +48,6 @@ CONTEXTS = {  # file name -> prompt
 
 def parse_args(argv=None):
     parser = make_parser(__doc__.split("\n")[0])
-    parser.add_argument("--token", default=None,
-                        help="the word(s) that call up the subject; default: 'sks' for a LoRA, "
-                             "the embedding's own token for --ti-file alone")
     return parser.parse_args(argv)
 
 
@@ -93,9 +90,9 @@ def main(argv=None):
     save_figure(labelled_grid(images, prompts, cols=3,
                               suptitle=f"Exercise 1: {subject} in nine contexts"),
                 out / "exercise1_output.png")
-    save_figure(labelled_grid(images + plain_images, prompts + plain_prompts, cols=len(prompts),
-                              row_labels=[f"with '{token}'", "without"],
-                              suptitle="Same seeds, with and without the learned token", panel_inches=2.0),
+    save_figure(labelled_grid(images + plain_images, list(CONTEXTS) + [""] * len(CONTEXTS), cols=len(prompts),
+                              row_labels=[f"with '{token}'", "without"], panel_inches=2.0,
+                              suptitle=f"Same prompts and seeds, with and without '{token}'"),
                 out / "exercise1_with_vs_without_token.png")
     print(f"wrote {out / 'exercise1_output.png'}, {out / 'exercise1_grid_simple.png'}, "
           f"{out / 'exercise1_with_vs_without_token.png'} and {len(images)} images in {out / 'exercise1_variations'}")

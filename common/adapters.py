@@ -41,7 +41,7 @@ class LoadedAdapter:
 
     def describe(self):
         if self.kind == "LoRA":
-            return f"LoRA {self.source}: {self.layers} layers, scale {self.scale:g}"
+            return f"LoRA {self.source}: {self.layers} layers, scale {float(self.scale)}"
         return f"TI {self.source}: token {self.token}"
 
 

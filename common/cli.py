@@ -52,7 +52,7 @@ def image_size(text):
     return value
 
 
-def make_parser(description, *, seed=42, output_dir="outputs"):
+def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1):
     """A parser holding the flags shared by all generation scripts."""
     parser = OneLineParser(
         description=description,
@@ -69,6 +69,9 @@ def make_parser(description, *, seed=42, output_dir="outputs"):
                        help="multiply the LoRA's trained strength (lora_alpha / r) by this; 0 switches it off")
     model.add_argument("--ti-file", default=None,
                        help="textual-inversion embedding to load (learned_embeds.safetensors)")
+    model.add_argument("--token", default=None,
+                       help="the word(s) in prompts that call up the subject; default: 'sks' for a LoRA, "
+                            "the embedding's own token for --ti-file alone")
     model.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                        help="where to run; auto picks cuda, then mps, then cpu")
     sampling = parser.add_argument_group("sampling")
@@ -80,7 +83,7 @@ def make_parser(description, *, seed=42, output_dir="outputs"):
                           help="image width and height in pixels")
     sampling.add_argument("--negative-prompt", default=None,
                           help="what to steer away from, e.g. 'blurry, distorted'")
-    sampling.add_argument("--batch-size", type=positive_int, default=1,
+    sampling.add_argument("--batch-size", type=positive_int, default=batch_size,
                           help="images per pipeline call (more is faster on a GPU, needs more memory)")
     parser.add_argument("--output-dir", type=Path, default=Path(output_dir), help="where pictures are written")
     return parser
