@@ -1,0 +1,44 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.tiny_models import build_tiny_pipeline, write_peft_lora  # noqa: E402
+
+RELEASE = REPO.parent / "shared" / "release"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny random SD-format pipeline saved as a diffusers folder."""
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    build_tiny_pipeline(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(tiny_pipeline_dir, tmp_path_factory):
+    """A PEFT LoRA folder for the tiny pipeline, r=4, alpha=32 (scale 8) like the release."""
+    from tests.tiny_models import tiny_unet
+
+    return write_peft_lora(tmp_path_factory.mktemp("tiny_lora"), tiny_unet())
+
+
+@pytest.fixture
+def load_tiny_pipe(tiny_pipeline_dir):
+    """A fresh pipeline from the tiny folder (fresh, so adapters never leak between tests)."""
+    import torch
+
+    from common.pipeline import load_pipeline
+
+    return lambda: load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def release_dir():
+    if not (RELEASE / "fabric_lora" / "adapter_model.safetensors").is_file():
+        pytest.skip(f"release weights not found at {RELEASE}")
+    return RELEASE
