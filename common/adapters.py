@@ -155,46 +155,63 @@ def find_lora_files(path):
                     + missing_lora_message(path))
 
 
-def load_lora(pipe, path, adapter_name="fabric", weight=None):
-    """Load a LoRA from `path` into `pipe` and prove every layer of the file landed.
+@dataclasses.dataclass
+class LoraFile:
+    """A LoRA read from disk and checked, not yet put into a model."""
 
-    `weight` multiplies the trained strength (1.0 = lora_alpha / r as trained).
-    """
+    source: str
+    kind: str  # "peft" or "diffusers"
+    location: Path
+    state_dict: dict
+    config_kwargs: dict = None  # PEFT's LoraConfig arguments (kind "peft" only)
+
+
+def read_lora(path):
+    """Find and read a LoRA; every file problem is found here, before any model is loaded."""
     kind, location = find_lora_files(path)
     if kind == "peft":
         state_dict = read_safetensors(location / PEFT_WEIGHTS)
-        config_kwargs = peft_lora_config_kwargs(location)
         state_dict = {key.removeprefix(PEFT_PREFIX): value for key, value in state_dict.items()}
-        check_lora_fits(pipe.unet, state_dict, path)
+        return LoraFile(str(path), kind, location, state_dict, peft_lora_config_kwargs(location))
+    return LoraFile(str(path), kind, location, read_safetensors(location))
+
+
+def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
+    """Load a LoRA into `pipe` and prove every layer of the file landed.
+
+    `weight` multiplies the trained strength (1.0 = lora_alpha / r as trained).
+    """
+    lora = path_or_file if isinstance(path_or_file, LoraFile) else read_lora(path_or_file)
+    if lora.kind == "peft":
+        check_lora_fits(pipe.unet, lora.state_dict, lora.source)
         # prefix=None: PEFT keys carry no "unet." prefix. metadata: keeps lora_alpha,
-        # which diffusers would otherwise guess as alpha = r.
-        pipe.unet.load_lora_adapter(state_dict, prefix=None, metadata=config_kwargs, adapter_name=adapter_name)
+        # which diffusers would otherwise guess as alpha = r (1/8 strength for the release).
+        pipe.unet.load_lora_adapter(lora.state_dict, prefix=None, metadata=lora.config_kwargs,
+                                    adapter_name=adapter_name)
     else:
-        state_dict = read_safetensors(location)
-        for prefix in ("unet.", "text_encoder."):
-            part = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
-            if prefix == "unet." and part:
-                check_lora_fits(pipe.unet, part, path)
+        unet_part = {k.removeprefix("unet."): v for k, v in lora.state_dict.items() if k.startswith("unet.")}
+        check_lora_fits(pipe.unet, unet_part, lora.source)
         try:
             # diffusers' own format: its loader reads the alpha from the file's metadata.
-            pipe.load_lora_weights(str(location.parent), weight_name=location.name, adapter_name=adapter_name)
+            pipe.load_lora_weights(str(lora.location.parent), weight_name=lora.location.name,
+                                   adapter_name=adapter_name)
         except (ValueError, RuntimeError, KeyError) as error:
-            raise UserError(f"{path} could not be loaded as a LoRA for this base model: "
+            raise UserError(f"{lora.source} could not be loaded as a LoRA for this base model: "
                             f"{str(error).splitlines()[0][:160]}") from None
 
-    expected = count_file_lora_layers(state_dict)
+    expected = count_file_lora_layers(lora.state_dict)
     layers = injected_lora_layers(pipe, adapter_name)
     if not layers or len(layers) < expected:
-        raise UserError(f"only {len(layers)} of the {expected} LoRA layers in {path} were loaded into the model; "
-                        "the file does not match this base model or this loader")
+        raise UserError(f"only {len(layers)} of the {expected} LoRA layers in {lora.source} were loaded into the "
+                        "model; the file does not match this base model or this loader")
     if weight is not None:
         pipe.set_adapters([adapter_name], adapter_weights=[weight])
     scales = sorted({float(layer.scaling[adapter_name]) for layer in layers})
-    return LoadedAdapter("LoRA", str(path), layers=len(layers), scale=scales[0] if len(scales) == 1 else scales[-1])
+    return LoadedAdapter("LoRA", lora.source, layers=len(layers), scale=scales[-1])
 
 
-def load_textual_inversion(pipe, path):
-    """Add the token and vector of a learned_embeds.safetensors file to the tokenizer and text encoder."""
+def read_textual_inversion(path):
+    """(token, vector) from a learned_embeds.safetensors file, checked before any model is loaded."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no textual-inversion file at {path}: train one with exercise3a_train_textual_inversion.py "
@@ -204,12 +221,17 @@ def load_textual_inversion(pipe, path):
     state_dict = read_safetensors(path)
     if len(state_dict) != 1:
         raise UserError(f"{path} should hold one tensor keyed by its token, found {len(state_dict)}")
-    token, vector = next(iter(state_dict.items()))
+    return next(iter(state_dict.items()))
+
+
+def load_textual_inversion(pipe, path):
+    """Add the token and vector of a learned_embeds.safetensors file to the tokenizer and text encoder."""
+    token, vector = read_textual_inversion(path)
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     if vector.shape[-1] != width:
         raise UserError(f"{path} was made for another base model: its vector is {vector.shape[-1]}-wide, "
                         f"this text encoder's embeddings are {width}-wide; use the matching --base-model")
     if token in pipe.tokenizer.get_vocab():
         raise UserError(f"token {token} is already in this tokenizer; load each embedding once")
-    pipe.load_textual_inversion(state_dict)
+    pipe.load_textual_inversion({token: vector})
     return LoadedAdapter("TI", str(path), token=token)

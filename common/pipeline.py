@@ -25,6 +25,9 @@ def quiet_libraries():
 
     transformers.logging.set_verbosity_error()
     diffusers.logging.set_verbosity_error()
+    # Loading from disk takes seconds; its bars would bury the banner (downloads keep theirs).
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -107,20 +110,20 @@ def load_personalized_pipeline(args):
     Everything that can fail on bad input fails here, before a single picture
     is written, so a mistake never leaves half an output folder behind.
     """
-    from common.adapters import load_lora, load_textual_inversion
+    from common.adapters import load_lora, load_textual_inversion, read_lora, read_textual_inversion
     from common.device import pick_device
 
     device, dtype = pick_device(args.device)
+    # Adapter files are small: read and check them before spending a minute on the base model.
     lora_dir = None if str(args.lora_dir).lower() in ("", "none") else args.lora_dir
-    if lora_dir is not None:  # check the path before spending a minute on the base model
-        from common.adapters import find_lora_files
-
-        find_lora_files(lora_dir)
+    lora = read_lora(lora_dir) if lora_dir is not None else None
+    if args.ti_file:
+        read_textual_inversion(args.ti_file)
     base_model = resolve_model_id(str(args.base_model))
     pipe = load_pipeline(base_model, device, dtype)
     adapters = []
     if lora_dir is not None:
-        adapters.append(load_lora(pipe, lora_dir, weight=getattr(args, "lora_weight", None)))
+        adapters.append(load_lora(pipe, lora, weight=args.lora_weight))
     if args.ti_file:
         adapters.append(load_textual_inversion(pipe, args.ti_file))
     parts = [f"base model: {base_model}", f"device {device.type}",

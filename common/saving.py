@@ -40,11 +40,13 @@ def save_figure(figure, path, dpi=100):
 
 def save_gif(frames, path, centiseconds_per_frame):
     """An endlessly looping GIF; GIF stores delays in whole 1/100 s."""
-    def write(temp):
-        first, *rest = frames
-        first.save(temp, format="GIF", save_all=True, append_images=rest,
-                   duration=centiseconds_per_frame * 10, loop=0, optimize=False, disposal=1)
-    return atomic_write(path, write)
+    import imageio.v3 as iio
+    import numpy as np
+
+    stack = np.stack([np.asarray(frame.convert("RGB")) for frame in frames])
+    # duration is in milliseconds; loop=0 means forever.
+    return atomic_write(path, lambda temp: iio.imwrite(temp, stack, extension=".gif",
+                                                       duration=centiseconds_per_frame * 10, loop=0))
 
 
 def save_json(data, path):
