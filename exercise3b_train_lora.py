@@ -1,12 +1,375 @@
-"""Exercise 3b: train a DreamBooth LoRA with prior preservation (not written yet).
+"""Exercise 3b: train a DreamBooth LoRA with prior preservation.
 
-This trainer is the next step of the repository (issue: Training). Until it
-lands, download the release LoRA into models/fabric_lora/ (see README).
+What this teaches
+-----------------
+DreamBooth binds the rare word "sks" to your ten images by training on the
+caption "a sks african fabric pattern". Two ideas make it work:
+
+* LoRA. The UNet's attention projections stay frozen; beside each one sits a
+  pair of small matrices (B @ A, rank 4) whose product is added to it. Only
+  those train: 797k numbers for SD 1.5 instead of 860 million.
+* Prior preservation. Every update also trains on images that the untouched
+  base model drew for "a fabric pattern". Their loss keeps the class word
+  meaning what it meant, so the model learns "sks" without forgetting fabric.
+
+Everything is counted in optimizer updates: 800 updates = 800 weight changes.
+
+What to look at
+---------------
+outputs/training_progress_lora/step_NNNNN.png   4 fixed prompts and seeds every 100 updates:
+                                                 watch "sks" turn into your fabric while
+                                                 "a fabric pattern" stays generic
+outputs/exercise3b_loss_curves.png               total, instance and prior loss
+outputs/exercise3b_summary.json                  updates, time, final losses, sizes, settings
+models/fabric_lora/                              the adapter, in PEFT and diffusers format
+
+Run it
+------
+    python exercise3b_train_lora.py                           # 800 updates, 100 class images
+    python exercise3b_train_lora.py --resume latest           # continue after Ctrl-C
+    accelerate launch exercise3b_train_lora.py                # several GPUs or machines
 """
 
-import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common.cli import make_parser, non_negative_float, positive_float, positive_int
+from common.errors import UserError, run_script
+
+# ---------------------------------------------------------------------------
+# Configuration (the course's table)
+# ---------------------------------------------------------------------------
+INSTANCE_PROMPT = "a sks african fabric pattern"
+CLASS_PROMPT = "a fabric pattern"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+PROGRESS_PROMPTS = [
+    "a sks african fabric pattern",
+    "a beautiful dress made of sks african fabric pattern, fashion photography",
+    "a ceramic vase decorated with sks african fabric pattern",
+    "a fabric pattern",  # the class prompt: it should stay generic
+]
+PROGRESS_SEEDS = [1000, 1001, 1002, 1003]
+PEFT_FILES = ["adapter_model.safetensors", "adapter_config.json", "pytorch_lora_weights.safetensors"]
+
+
+def parse_args(argv=None):
+    parser = make_parser(__doc__.split("\n")[0], adapters=False)
+    data = parser.add_argument_group("data")
+    data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
+    data.add_argument("--instance-prompt", default=INSTANCE_PROMPT, help="caption of every instance image")
+    data.add_argument("--class-prompt", default=CLASS_PROMPT, help="what the base model draws as the prior")
+    data.add_argument("--class-dir", type=Path, default=Path("models/class_images"),
+                      help="cache of class images (a subfolder per base model, prompt and resolution)")
+    data.add_argument("--num-class-images", type=positive_int, default=100, help="class images for the prior")
+    data.add_argument("--no-prior-preservation", dest="prior_preservation", action="store_false",
+                      help="train on the instance images alone (to see what forgetting looks like)")
+    data.add_argument("--prior-loss-weight", type=non_negative_float, default=1.0, help="lambda of the prior loss")
+    data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
+    train = parser.add_argument_group("training")
+    train.add_argument("--max-train-steps", type=positive_int, default=800, help="optimizer updates")
+    train.add_argument("--learning-rate", type=positive_float, default=1e-4, help="AdamW learning rate")
+    train.add_argument("--rank", type=positive_int, default=4, help="LoRA rank r")
+    train.add_argument("--lora-alpha", type=positive_float, default=32,
+                       help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release)")
+    train.add_argument("--train-batch-size", type=positive_int, default=1,
+                       help="instance images per update (and as many class images)")
+    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                       help="auto: fp16 on CUDA, none on CPU")
+    train.add_argument("--no-cache", dest="cache", action="store_false",
+                       help="run the frozen VAE and text encoder every update instead of once (slower; "
+                            "for measuring what caching saves)")
+    train.add_argument("--checkpoint-every", type=positive_int, default=200, help="updates between checkpoints")
+    train.add_argument("--progress-every", type=positive_int, default=100, help="updates between progress grids")
+    out = parser.add_argument_group("adapter output")
+    out.add_argument("--adapter-dir", type=Path, default=Path("models/fabric_lora"), help="where the LoRA goes")
+    out.add_argument("--resume", default=None, help="'latest' or a checkpoint-N folder to continue from")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an adapter already in --adapter-dir (the old files are moved to a backup)")
+    parser.set_defaults(seed=0)
+    return parser.parse_args(argv)
+
+
+def fingerprint(args, num_instance_images):
+    """The settings that must match for a resume to continue the same training."""
+    return {"base_model": str(args.base_model), "resolution": args.resolution, "rank": args.rank,
+            "lora_alpha": args.lora_alpha, "learning_rate": args.learning_rate,
+            "instance_prompt": args.instance_prompt, "class_prompt": args.class_prompt,
+            "prior_preservation": args.prior_preservation, "prior_loss_weight": args.prior_loss_weight,
+            "train_batch_size": args.train_batch_size, "flip": args.flip, "seed": args.seed,
+            "num_instance_images": num_instance_images,
+            "num_class_images": args.num_class_images if args.prior_preservation else 0}
+
+
+def encode_prompt(pipe, prompt, device):
+    """CLIP's last hidden states for one prompt: what the UNet's cross-attention reads."""
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(device)
+    return pipe.text_encoder(ids)[0]
+
+
+class FrozenEncoders:
+    """The VAE and text encoder never change during training, so by default their
+    outputs are computed once: the latent distribution of every image (and its
+    mirror image) and the embedding of both prompts. With cache=False they run
+    on every update, as the original course did; the results are the same.
+    """
+
+    def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, device, dtype):
+        self.pipe, self.flip, self.cache, self.device, self.dtype = pipe, flip, cache, device, dtype
+        self.pixels = {role: torch.stack([to_tensor(image) for image in images]).to(device, dtype)
+                       for role, images in images_by_role.items()}
+        self.prompts = prompts_by_role
+        self.sizes = {role: len(images) for role, images in images_by_role.items()}
+        if cache:
+            with torch.no_grad():
+                self.latent_stats = {role: self._encode(pixels) for role, pixels in self.pixels.items()}
+                if flip:
+                    self.latent_stats_flipped = {role: self._encode(pixels.flip(-1))
+                                                 for role, pixels in self.pixels.items()}
+                self.embeddings = {role: encode_prompt(pipe, prompt, device) for role, prompt in prompts_by_role.items()}
+            del self.pixels  # the cache is all that is needed now
+
+    def _encode(self, pixels):
+        stats = [self.pipe.vae.encode(pixels[i:i + 1]).latent_dist for i in range(len(pixels))]
+        return torch.cat([s.mean for s in stats]), torch.cat([s.std for s in stats])
+
+    @torch.no_grad()
+    def latents(self, role, indices, flips, generator):
+        """VAE latents (sampled from their distribution, scaled) of the chosen images."""
+        means, stds = [], []
+        for index, flipped in zip(indices.tolist(), flips.tolist()):
+            if self.cache:
+                mean, std = (self.latent_stats_flipped if flipped else self.latent_stats)[role]
+                means.append(mean[index:index + 1])
+                stds.append(std[index:index + 1])
+            else:
+                pixels = self.pixels[role][index:index + 1]
+                mean, std = self._encode(pixels.flip(-1) if flipped else pixels)
+                means.append(mean)
+                stds.append(std)
+        mean, std = torch.cat(means), torch.cat(stds)
+        sample = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+        return sample * self.pipe.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def embedding(self, role, count):
+        embedding = self.embeddings[role] if self.cache else encode_prompt(self.pipe, self.prompts[role], self.device)
+        return embedding.expand(count, -1, -1)
+
+
+def to_tensor(image):
+    """PIL RGB -> [3, H, W] in [-1, 1], the VAE's input range."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_preservation, prior_loss_weight):
+    """One DreamBooth update's loss: draw images, add noise, predict it, compare.
+
+    Returns (total, instance, prior) losses; prior is None without prior preservation.
+    """
+    from common.prior_preservation import prior_preservation_loss
+
+    roles = ["instance", "class"] if prior_preservation else ["instance"]
+    latents, embeddings = [], []
+    for role in roles:
+        indices = torch.randint(0, encoders.sizes[role], (batch_size,), generator=generator)
+        flips = (torch.rand(batch_size, generator=generator) < 0.5) & encoders.flip
+        latents.append(encoders.latents(role, indices, flips, generator))
+        embeddings.append(encoders.embedding(role, batch_size))
+    # Instances first, then class images: one UNet pass for both halves.
+    latents, embeddings = torch.cat(latents), torch.cat(embeddings)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    prediction = unet(noisy, timesteps, embeddings).sample
+    return prior_preservation_loss(prediction, target, batch_size, prior_loss_weight)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    from common.class_images import class_image_folder, ensure_class_images
+    from common.device import pick_device
+    from common.generation import generate
+    from common.grids import labelled_grid
+    from common.lora_saving import save_lora
+    from common.pipeline import load_pipeline, resolve_model_id
+    from common.saving import save_figure, save_json
+    from common.training import (check_same_configuration, find_checkpoint, load_checkpoint, plot_loss_curves,
+                                 protect_existing_weights, save_checkpoint, smooth)
+    from common.training_images import load_training_images
+
+    # -----------------------------------------------------------------------
+    # Step 1: check everything a mistake could break before any work starts.
+    # -----------------------------------------------------------------------
+    device, dtype = pick_device(args.device)
+    instance_images = load_training_images(args.instance_dir, args.resolution)
+    checkpoint = find_checkpoint(args.adapter_dir, args.resume) if args.resume else None
+    settings = fingerprint(args, len(instance_images))
+    if checkpoint is not None:
+        import json
+
+        check_same_configuration(json.loads((checkpoint / "training_state.json").read_text())["settings"],
+                                 settings, checkpoint)
+    protect_existing_weights(args.adapter_dir, PEFT_FILES, args.overwrite, resuming=checkpoint is not None)
+
+    # -----------------------------------------------------------------------
+    # Step 2: Accelerate decides where each process runs (one CPU, one GPU, or
+    # many under `accelerate launch`) and handles mixed precision.
+    # -----------------------------------------------------------------------
+    mixed_precision = args.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = "fp16" if device.type == "cuda" else "no"
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    base_model = resolve_model_id(str(args.base_model))
+    pipe = load_pipeline(base_model, device, weight_dtype)
+    pipe.set_progress_bar_config(disable=True)
+
+    # -----------------------------------------------------------------------
+    # Step 3: class images, drawn by the base model before it changes.
+    # -----------------------------------------------------------------------
+    images_by_role = {"instance": instance_images}
+    if args.prior_preservation:
+        folder = class_image_folder(args.class_dir, base_model, args.class_prompt, args.resolution)
+        with accelerator.main_process_first():
+            images_by_role["class"] = ensure_class_images(
+                pipe, folder, args.class_prompt, args.num_class_images, args.resolution,
+                steps=args.steps, guidance=args.guidance, batch_size=4)
+
+    # -----------------------------------------------------------------------
+    # Step 4: freeze everything, then add the LoRA matrices; only they train.
+    # -----------------------------------------------------------------------
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        model.requires_grad_(False)
+    encoders = FrozenEncoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": args.class_prompt},
+                              args.flip, args.cache, device, weight_dtype)
+    unet = pipe.unet
+    lora_config = LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
+                             target_modules=LORA_TARGETS)
+    torch.manual_seed(args.seed)  # the LoRA's random A matrices
+    unet.add_adapter(lora_config)
+    cast_training_params(unet, dtype=torch.float32)  # trainable weights stay fp32 under mixed precision
+    if device.type == "cuda":
+        unet.enable_gradient_checkpointing()
+    trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=args.learning_rate, weight_decay=1e-2)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+
+    # One generator draws images, flips, noise and timesteps: saving its state
+    # is what makes a resume continue exactly where training stopped.
+    generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
+    history = {"total": [], "instance": [], "prior": []}
+    first_update, elapsed_before = 0, 0.0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, generator)
+        first_update, history, elapsed_before = state["update"], state["history"], state["seconds"]
+        print(f"resuming from {checkpoint} at update {first_update}")
+
+    def save_state(update):
+        if accelerator.is_main_process:
+            save_checkpoint(args.adapter_dir / f"checkpoint-{update}",
+                            {name: p for name, p in trainable.items()}, optimizer, lr_scheduler, generator,
+                            {"update": update, "history": history, "settings": settings,
+                             "seconds": elapsed_before + time.perf_counter() - started})
+
+    def save_progress_grid(update):
+        if not accelerator.is_main_process:
+            return
+        unet.eval()
+        images = generate(pipe, PROGRESS_PROMPTS, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
+                          guidance=args.guidance, batch_size=len(PROGRESS_PROMPTS), desc="progress grid")
+        unet.train()
+        save_figure(labelled_grid(images, PROGRESS_PROMPTS, cols=4, suptitle=f"after {update} updates"),
+                    args.output_dir / "training_progress_lora" / f"step_{update:05d}.png")
+
+    # -----------------------------------------------------------------------
+    # Step 5: the training loop. One iteration = one optimizer update.
+    # -----------------------------------------------------------------------
+    started = time.perf_counter()
+    unet.train()
+    update = first_update
+    bar = tqdm(range(first_update, args.max_train_steps), initial=first_update, total=args.max_train_steps,
+               desc="LoRA updates", disable=not accelerator.is_main_process)
+    try:
+        for update in bar:
+            total, instance, prior = training_step(unet, noise_scheduler, encoders, args.train_batch_size,
+                                                   generator, args.prior_preservation, args.prior_loss_weight)
+            if not torch.isfinite(total):
+                # Nothing of this update is applied or saved; earlier checkpoints stay as they are.
+                raise UserError(f"the loss became {total.item()} at update {update + 1}; nothing was saved from it "
+                                f"(checkpoints in {args.adapter_dir} are intact): lower --learning-rate or "
+                                "use --mixed-precision no, then --resume latest")
+            accelerator.backward(total)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(trainable.values(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history["total"].append(total.item())
+            history["instance"].append(instance.item())
+            if prior is not None:
+                history["prior"].append(prior.item())
+            bar.set_postfix(loss=f"{smooth(history['total'])[-1]:.4f}")
+            done = update + 1
+            if done % args.checkpoint_every == 0 or done == args.max_train_steps:
+                save_state(done)
+            if done % args.progress_every == 0 or done == args.max_train_steps:
+                save_progress_grid(done)
+    except KeyboardInterrupt:
+        if history["total"]:
+            save_state(len(history["total"]))
+            print(f"saved {args.adapter_dir}/checkpoint-{len(history['total'])}; continue with --resume latest")
+        raise
+    bar.close()
+    seconds = elapsed_before + time.perf_counter() - started
+
+    # -----------------------------------------------------------------------
+    # Step 6: save the adapter (PEFT and diffusers format) and the pictures.
+    # -----------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    lora_state = get_peft_model_state_dict(accelerator.unwrap_model(unet))
+    sizes = save_lora(args.adapter_dir, lora_state, lora_config, base_model)
+    plot_loss_curves(history, args.output_dir / "exercise3b_loss_curves.png",
+                     f"DreamBooth LoRA: {len(history['total'])} optimizer updates")
+    summary = {
+        "optimizer_updates": len(history["total"]),
+        "wall_seconds": round(seconds, 1),
+        "seconds_per_update": round(seconds / len(history["total"]), 4),
+        "final_smoothed_loss": {name: round(smooth(values)[-1], 5) for name, values in history.items() if values},
+        "file_bytes": sizes,
+        "lora_layers": sum(1 for key in lora_state if ".lora_A." in key),
+        "device": device.type,
+        "mixed_precision": mixed_precision,
+        "cached_encoders": args.cache,
+        "settings": settings,
+    }
+    save_json(summary, args.output_dir / "exercise3b_summary.json")
+    print(f"wrote {args.adapter_dir} ({summary['lora_layers']} LoRA layers, scale {args.lora_alpha / args.rank}), "
+          f"{args.output_dir / 'exercise3b_loss_curves.png'}, {args.output_dir / 'exercise3b_summary.json'}; "
+          f"{len(history['total'])} updates in {seconds:.0f} s")
+
 
 if __name__ == "__main__":
-    print("error: exercise3b_train_lora.py is not written yet; download the release LoRA into "
-          "models/fabric_lora/ for now (see README)", file=sys.stderr)
-    sys.exit(1)
+    run_script(main)

@@ -52,8 +52,12 @@ def image_size(text):
     return value
 
 
-def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1):
-    """A parser holding the flags shared by all generation scripts."""
+def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, adapters=True):
+    """A parser holding the flags shared by all scripts.
+
+    Training scripts pass adapters=False: they make an adapter rather than load
+    one, and use the sampling flags only for their progress grids.
+    """
     parser = OneLineParser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -61,6 +65,27 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1):
     model = parser.add_argument_group("model")
     model.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
                        help="hub id or local diffusers folder of the base Stable Diffusion model")
+    if adapters:
+        add_adapter_flags(model)
+    model.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                       help="where to run; auto picks cuda, then mps, then cpu")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps per image")
+    sampling.add_argument("--guidance", type=non_negative_float, default=7.5,
+                          help="classifier-free guidance scale")
+    sampling.add_argument("--seed", type=int, default=seed, help="random seed of the first image")
+    sampling.add_argument("--resolution", type=image_size, default=DEFAULT_RESOLUTION,
+                          help="image width and height in pixels")
+    if adapters:
+        sampling.add_argument("--negative-prompt", default=None,
+                              help="what to steer away from, e.g. 'blurry, distorted'")
+        sampling.add_argument("--batch-size", type=positive_int, default=batch_size,
+                              help="images per pipeline call (more is faster on a GPU, needs more memory)")
+    parser.add_argument("--output-dir", type=Path, default=Path(output_dir), help="where pictures are written")
+    return parser
+
+
+def add_adapter_flags(model):
     model.add_argument("--lora-dir", default=DEFAULT_LORA_DIR,
                        help="LoRA to load: a PEFT folder (adapter_config.json + adapter_model.safetensors), "
                             "a diffusers folder or .safetensors file (pytorch_lora_weights.safetensors); "
@@ -72,18 +97,3 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1):
     model.add_argument("--token", default=None,
                        help="the word(s) in prompts that call up the subject; default: 'sks' for a LoRA, "
                             "the embedding's own token for --ti-file alone")
-    model.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                       help="where to run; auto picks cuda, then mps, then cpu")
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps per image")
-    sampling.add_argument("--guidance", type=non_negative_float, default=7.5,
-                          help="classifier-free guidance scale")
-    sampling.add_argument("--seed", type=int, default=seed, help="random seed of the first image")
-    sampling.add_argument("--resolution", type=image_size, default=DEFAULT_RESOLUTION,
-                          help="image width and height in pixels")
-    sampling.add_argument("--negative-prompt", default=None,
-                          help="what to steer away from, e.g. 'blurry, distorted'")
-    sampling.add_argument("--batch-size", type=positive_int, default=batch_size,
-                          help="images per pipeline call (more is faster on a GPU, needs more memory)")
-    parser.add_argument("--output-dir", type=Path, default=Path(output_dir), help="where pictures are written")
-    return parser

@@ -1,0 +1,44 @@
+"""Class images for prior preservation, drawn once by the base model and cached.
+
+DreamBooth's prior images must come from the *unmodified* model: they record
+what "a fabric pattern" meant before fine-tuning. Drawing 100 of them costs
+minutes, so they are cached in a folder keyed by base model, prompt and
+resolution, and only missing or damaged ones are drawn again.
+"""
+
+import hashlib
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from common.generation import generate
+from common.saving import save_image
+
+
+def class_image_folder(root, base_model, prompt, resolution):
+    key = hashlib.sha256(f"{base_model}|{prompt}|{resolution}".encode()).hexdigest()[:12]
+    slug = "_".join("".join(c if c.isalnum() else " " for c in prompt.lower()).split())[:40]
+    return Path(root) / f"{slug}_{resolution}px_{key}"
+
+
+def _usable(path, resolution):
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.size == (resolution, resolution)
+    except (FileNotFoundError, UnidentifiedImageError, OSError):
+        return False
+
+
+def ensure_class_images(pipe, folder, prompt, count, resolution, *, steps, guidance, batch_size=4, seed=0):
+    """`count` class images in `folder`, drawing only the missing or unusable ones; returns them as PIL images."""
+    folder = Path(folder)
+    paths = [folder / f"class_{index:04d}.png" for index in range(count)]
+    missing = [index for index, path in enumerate(paths) if not _usable(path, resolution)]
+    if missing:
+        print(f"drawing {len(missing)} class images for '{prompt}' into {folder} (cached for later runs)")
+        images = generate(pipe, [prompt] * len(missing), [seed + index for index in missing], steps=steps,
+                          resolution=resolution, guidance=guidance, batch_size=batch_size, desc="class images")
+        for index, image in zip(missing, images):
+            save_image(image, paths[index])
+    return [Image.open(path).convert("RGB") for path in paths]

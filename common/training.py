@@ -1,0 +1,156 @@
+"""Pieces both trainers share: loss curves, checkpoints for exact resume, and
+protection of a user's existing weights.
+
+Checkpoints hold everything an exact resume needs (trainable weights,
+optimizer moments, learning-rate schedule position, the data/noise random
+generator, the loss history) and hold it as safetensors + JSON, never pickle:
+the optimizer's tensors are stored flat under names like `state/3/exp_avg`.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+from common.saving import save_json, save_safetensors
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# --- loss curves ------------------------------------------------------------------------------
+
+def smooth(values, weight=0.95):
+    """Exponential moving average with bias correction (TensorBoard's smoothing).
+
+    A single update's diffusion loss depends mostly on the random timestep, so
+    raw curves look like noise; the average shows the trend.
+    """
+    smoothed, average = [], 0.0
+    for count, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        smoothed.append(average / (1 - weight ** count))
+    return smoothed
+
+
+def plot_loss_curves(history, path, title):
+    """One panel per loss in `history` ({name: [value per update]}): raw faint, smoothed bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.saving import save_figure
+
+    curves = {name: values for name, values in history.items() if values}
+    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+    for axis, (name, values) in zip(axes[0], curves.items()):
+        updates = range(1, len(values) + 1)
+        axis.plot(updates, values, alpha=0.25, linewidth=0.8, label="raw")
+        axis.plot(updates, smooth(values), linewidth=2.0, label="smoothed")
+        axis.set_title(f"{name} loss")
+        axis.set_xlabel("optimizer update")
+        axis.set_yscale("log")
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+# --- never overwrite a user's weights -----------------------------------------------------------
+
+def protect_existing_weights(folder, weight_names, overwrite, resuming):
+    """Refuse to replace weights already in `folder` unless --overwrite; then keep a backup."""
+    folder = Path(folder)
+    existing = [folder / name for name in weight_names if (folder / name).exists()]
+    if not existing or resuming:
+        return None
+    if not overwrite:
+        raise UserError(f"{folder} already holds {existing[0].name} (the downloaded release or an earlier run); "
+                        "pass --adapter-dir to write elsewhere, or --overwrite to replace it (a backup is kept)")
+    backup = folder / time.strftime("backup-%Y%m%d-%H%M%S")
+    backup.mkdir(parents=True)
+    for path in existing:
+        shutil.move(str(path), str(backup / path.name))
+    print(f"note: moved the previous {', '.join(p.name for p in existing)} to {backup}")
+    return backup
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+def _split_optimizer_state(optimizer):
+    state = optimizer.state_dict()
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state/{index}/{name}"] = value
+            else:
+                plain["state"].setdefault(str(index), {})[name] = value
+    return tensors, plain
+
+
+def _join_optimizer_state(tensors, plain):
+    state = {int(index): dict(values) for index, values in plain["state"].items()}
+    for key, value in tensors.items():
+        _, index, name = key.split("/")
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_checkpoint(folder, trainable, optimizer, lr_scheduler, generator, state):
+    """Write checkpoint-N/: trainable.safetensors, optimizer.safetensors, training_state.json."""
+    folder = Path(folder)
+    optimizer_tensors, optimizer_plain = _split_optimizer_state(optimizer)
+    optimizer_tensors["generator_state"] = generator.get_state()
+    save_safetensors(trainable, folder / "trainable.safetensors")
+    save_safetensors(optimizer_tensors, folder / "optimizer.safetensors")
+    # Written last: a checkpoint without training_state.json is incomplete and never resumed from.
+    save_json({**state, "optimizer": optimizer_plain, "lr_scheduler": lr_scheduler.state_dict()},
+              folder / "training_state.json")
+    return folder
+
+
+def load_checkpoint(folder, parameters, optimizer, lr_scheduler, generator):
+    """Restore a checkpoint into live objects; returns its training_state.json contents."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    state = json.loads((folder / "training_state.json").read_text())
+    trainable = load_file(str(folder / "trainable.safetensors"))
+    if set(trainable) != set(parameters):
+        raise UserError(f"{folder} holds other trainable weights than this run trains; "
+                        "it comes from another configuration: start fresh without --resume")
+    with torch.no_grad():
+        for name, tensor in trainable.items():
+            parameters[name].copy_(tensor)
+    optimizer_tensors = load_file(str(folder / "optimizer.safetensors"))
+    generator.set_state(optimizer_tensors.pop("generator_state"))
+    optimizer.load_state_dict(_join_optimizer_state(optimizer_tensors, state.pop("optimizer")))
+    lr_scheduler.load_state_dict(state.pop("lr_scheduler"))
+    return state
+
+
+def find_checkpoint(adapter_dir, resume):
+    """The folder named by --resume ('latest' = the highest complete checkpoint-N)."""
+    adapter_dir = Path(adapter_dir)
+    if resume != "latest":
+        folder = Path(resume)
+        if not (folder / "training_state.json").is_file():
+            raise UserError(f"{folder} is not a complete checkpoint (no training_state.json)")
+        return folder
+    complete = [path for path in adapter_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                if (path / "training_state.json").is_file() and path.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    if not complete:
+        raise UserError(f"--resume latest: no checkpoint in {adapter_dir}; start without --resume")
+    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
+
+
+def check_same_configuration(saved, current, folder):
+    """Resuming with other settings would silently mix two trainings: refuse, naming the difference."""
+    for key, value in current.items():
+        if saved.get(key) != value:
+            raise UserError(f"{folder} was trained with {key}={saved.get(key)!r}, this run has {value!r}; "
+                            "resume with the same settings or start fresh without --resume")
