@@ -1,0 +1,231 @@
+"""Exercise 3b on the tiny pipeline: the math, learning, exact resume, saved formats, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import exercise3b_train_lora as trainer
+from common.adapters import injected_lora_layers, load_lora
+from common.errors import UserError
+from common.prior_preservation import prior_preservation_loss
+from tests.test_scripts import run_main
+
+
+@pytest.fixture(scope="module")
+def instance_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("instances")
+    for index in range(4):
+        pixels = (np.random.RandomState(index).rand(40, 40, 3) * 255).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"fabric_{index}.png")
+    return folder
+
+
+def train_args(tiny_pipeline_dir, instance_dir, tmp_path, *extra):
+    return ["--base-model", tiny_pipeline_dir, "--instance-dir", instance_dir, "--class-dir", tmp_path / "classes",
+            "--num-class-images", 3, "--resolution", 32, "--steps", 2, "--adapter-dir", tmp_path / "lora",
+            "--output-dir", tmp_path / "out", "--progress-every", 1000, *extra]
+
+
+def test_prior_preservation_loss_by_hand():
+    prediction = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0], [1.0, 1.0]])
+    target = torch.tensor([[0.0, 2.0], [3.0, 2.0], [1.0, 1.0], [1.0, 3.0]])
+    total, instance, prior = prior_preservation_loss(prediction, target, num_instance=2, prior_weight=0.5)
+    assert instance.item() == pytest.approx((1 + 0 + 0 + 4) / 4)
+    assert prior.item() == pytest.approx((1 + 1 + 0 + 4) / 4)
+    assert total.item() == pytest.approx(1.25 + 0.5 * 1.5)
+    alone, alone_instance, none = prior_preservation_loss(prediction[:2], target[:2], num_instance=2)
+    assert none is None and alone.item() == alone_instance.item() == pytest.approx(1.25)
+
+
+def prepared(tiny_pipeline_dir, instance_dir, cache, flip=True):
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    from common.pipeline import load_pipeline
+    from common.training_images import load_training_images
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    images = load_training_images(instance_dir, 32)
+    encoders = trainer.FrozenEncoders(pipe, {"instance": images, "class": images[::-1]},
+                                      {"instance": "a sks african fabric pattern", "class": "a fabric pattern"},
+                                      flip, cache, torch.device("cpu"), torch.float32)
+    torch.manual_seed(0)
+    pipe.unet.requires_grad_(False)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=32, init_lora_weights="gaussian",
+                                     target_modules=trainer.LORA_TARGETS))
+    return pipe, encoders, DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def test_cached_and_uncached_encoders_give_the_same_loss(tiny_pipeline_dir, instance_dir):
+    losses = []
+    for cache in (True, False):
+        pipe, encoders, scheduler = prepared(tiny_pipeline_dir, instance_dir, cache)
+        with torch.no_grad():
+            step = [trainer.training_step(pipe.unet, scheduler, encoders, 2, torch.Generator().manual_seed(7),
+                                          True, 1.0) for _ in range(1)][0]
+        losses.append([value.item() for value in step])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_pipeline_dir, instance_dir):
+    pipe, encoders, scheduler = prepared(tiny_pipeline_dir, instance_dir, cache=True)
+    parameters = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3)
+    losses = []
+    for _ in range(30):
+        total, _, _ = trainer.training_step(pipe.unet, scheduler, encoders, 1, torch.Generator().manual_seed(3),
+                                            True, 1.0)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(total.item())
+    assert losses[-1] < 0.85 * losses[0], losses  # measured: 2.22 -> 1.72
+
+
+def test_resume_continues_exactly(tiny_pipeline_dir, instance_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, straight, "--max-train-steps", 6)) == 0
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 3,
+                                        "--checkpoint-every", 3)) == 0
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 6,
+                                        "--resume", "latest")) == 0
+    a = load_file(str(straight / "lora" / "adapter_model.safetensors"))
+    b = load_file(str(split / "lora" / "adapter_model.safetensors"))
+    assert set(a) == set(b) and len(a) == 64
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    summary = json.loads((split / "out" / "exercise3b_summary.json").read_text())
+    assert summary["optimizer_updates"] == 6 and summary["lora_layers"] == 32
+    assert summary["settings"]["lora_alpha"] == 32
+    assert (split / "out" / "exercise3b_loss_curves.png").is_file()
+
+
+def test_saved_lora_loads_the_same_through_every_loader(tiny_pipeline_dir, instance_dir, tmp_path):
+    from tests.test_adapters import unet_output
+
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2,
+                                        "--progress-every", 1)) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "training_progress_lora").iterdir()) == \
+        ["step_00001.png", "step_00002.png"]
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_pipeline_dir) and config["lora_alpha"] == 32
+
+    from common.pipeline import load_pipeline
+
+    outputs = []
+    for how in ("repo loader", "plain diffusers"):
+        pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+        if how == "repo loader":
+            assert load_lora(pipe, tmp_path / "lora").scale == 8.0
+        else:
+            pipe.load_lora_weights(str(tmp_path / "lora"), adapter_name="fabric")
+            layers = injected_lora_layers(pipe, "fabric")
+            assert len(layers) == 32 and {float(layer.scaling["fabric"]) for layer in layers} == {8.0}
+        outputs.append(unet_output(pipe))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def refused(args, capsys, *words):
+    capsys.readouterr()
+    assert run_main(trainer, args) == 1
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.endswith(errors[0]) and "Traceback" not in err, err
+    for word in words:
+        assert word in errors[0], err
+
+
+def test_missing_and_empty_instance_folder(tiny_pipeline_dir, tmp_path, capsys):
+    refused(train_args(tiny_pipeline_dir, tmp_path / "nope", tmp_path), capsys, "does not exist")
+    (tmp_path / "empty").mkdir()
+    refused(train_args(tiny_pipeline_dir, tmp_path / "empty", tmp_path), capsys, "no images")
+
+
+def test_corrupt_image_is_named(tiny_pipeline_dir, instance_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(instance_dir, folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    refused(train_args(tiny_pipeline_dir, folder, tmp_path), capsys, "broken.png")
+
+
+def test_odd_images_are_converted_and_warned_about(tmp_path, capsys):
+    from common.training_images import load_training_images
+
+    Image.new("L", (64, 64), 128).save(tmp_path / "gray.png")
+    Image.new("RGBA", (64, 64), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
+    Image.new("P", (16, 16), 3).save(tmp_path / "palette_small.png")
+    Image.new("CMYK", (64, 64), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = load_training_images(tmp_path, 32)
+    out = capsys.readouterr().out
+    assert len(images) == 4 and all(image.mode == "RGB" and image.size == (32, 32) for image in images)
+    assert "notes.txt" in out and "palette_small.png (16x16)" in out
+
+
+def test_fewer_than_three_images_warns(tmp_path, capsys):
+    from common.training_images import load_training_images
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
+    assert len(load_training_images(tmp_path, 32)) == 1
+    assert "only 1 instance image" in capsys.readouterr().out
+
+
+def test_damaged_class_images_are_drawn_again(tiny_pipeline_dir, tmp_path):
+    from common.class_images import ensure_class_images
+    from common.pipeline import load_pipeline
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    folder = tmp_path / "classes"
+    first = ensure_class_images(pipe, folder, "a fabric pattern", 3, 32, steps=2, guidance=7.5)
+    stamps = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    Image.new("RGB", (16, 16)).save(folder / "class_0000.png")  # wrong size
+    (folder / "class_0001.png").write_bytes(b"garbage")  # corrupt
+    again = ensure_class_images(pipe, folder, "a fabric pattern", 3, 32, steps=2, guidance=7.5)
+    assert [image.tobytes() for image in again] == [image.tobytes() for image in first]
+    assert (folder / "class_0002.png").stat().st_mtime_ns == stamps["class_0002.png"]  # untouched
+
+
+def test_existing_adapter_is_never_overwritten_silently(tiny_pipeline_dir, instance_dir, tmp_path, capsys,
+                                                       tiny_lora_dir):
+    shutil.copytree(tiny_lora_dir, tmp_path / "lora")
+    original = (tmp_path / "lora" / "adapter_model.safetensors").read_bytes()
+    refused(train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1), capsys, "--overwrite")
+    assert (tmp_path / "lora" / "adapter_model.safetensors").read_bytes() == original
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1,
+                                        "--overwrite")) == 0
+    backups = list((tmp_path / "lora").glob("backup-*/adapter_model.safetensors"))
+    assert len(backups) == 1 and backups[0].read_bytes() == original
+
+
+def test_resume_with_other_settings_is_refused(tiny_pipeline_dir, instance_dir, tmp_path, capsys):
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2)) == 0
+    refused(train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 4, "--resume", "latest",
+                       "--rank", 8), capsys, "rank")
+
+
+def test_resume_without_checkpoint(tiny_pipeline_dir, instance_dir, tmp_path, capsys):
+    refused(train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--resume", "latest"), capsys, "no checkpoint")
+
+
+def test_nan_loss_stops_and_keeps_checkpoints(tiny_pipeline_dir, instance_dir, tmp_path, capsys, monkeypatch):
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2)) == 0
+    saved = (tmp_path / "lora" / "checkpoint-2" / "trainable.safetensors").read_bytes()
+    real_step = trainer.training_step
+
+    def exploding(*args, **kwargs):
+        total, instance, prior = real_step(*args, **kwargs)
+        return total * float("nan"), instance, prior
+
+    monkeypatch.setattr(trainer, "training_step", exploding)
+    refused(train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 4, "--resume", "latest"),
+            capsys, "nan", "--learning-rate")
+    assert (tmp_path / "lora" / "checkpoint-2" / "trainable.safetensors").read_bytes() == saved
+    assert not (tmp_path / "lora" / "checkpoint-4").exists()
