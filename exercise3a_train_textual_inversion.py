@@ -1,13 +1,269 @@
-"""Exercise 3a: train a textual-inversion embedding (not written yet).
+"""Exercise 3a: textual inversion, teaching the model one new word and nothing else.
 
-This trainer is the next step of the repository (issue: Training). Until it
-lands, download learned_embeds.safetensors from the release and pass it to
-the other scripts with --ti-file.
+What this teaches
+-----------------
+Textual inversion (Gal et al. 2022) freezes the whole model, UNet, VAE and
+text encoder alike, and learns a single new word vector: the embedding of
+the token "<african-fabric>". Training asks: which vector, placed where a
+word goes, makes the frozen model draw your images? The answer is one row of
+768 numbers (3 KB for SD 1.5). It captures a style well and a precise subject
+less well, because the frozen UNet can only draw what it already can.
+
+Only the new token's vector may change. Instead of training the whole
+embedding matrix and restoring the other 49,408 rows after every step (as
+diffusers' example does, since AdamW's weight decay touches every row), the
+new vector is its own parameter, swapped in where the token appears. No other
+row can change, and checkpoints hold 768 numbers instead of the whole matrix.
+
+What to look at
+---------------
+outputs/training_progress_ti/step_NNNNN.png   4 fixed prompts every 500 updates
+outputs/exercise3a_loss_curve.png             raw (faint) and smoothed (bold) loss
+outputs/exercise3a_summary.json               updates, time, final loss, file size, settings
+models/fabric_textual_inversion/learned_embeds.safetensors    use it with --ti-file
+
+Run it
+------
+    python exercise3a_train_textual_inversion.py
+    python exercise1_generate.py --lora-dir none --ti-file models/fabric_textual_inversion/learned_embeds.safetensors
 """
 
-import sys
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from common.cli import make_parser, positive_float, positive_int
+from common.errors import UserError, run_script
+from common.latent_cache import LatentCache, noisy_batch
+
+# ---------------------------------------------------------------------------
+# Configuration (the course's settings)
+# ---------------------------------------------------------------------------
+PLACEHOLDER_TOKEN = "<african-fabric>"
+INITIALIZER_TOKEN = "pattern"
+# Style captions: the token names a look, not an object in the scene.
+STYLE_TEMPLATES = [
+    "a fabric pattern in the style of {}",
+    "a textile in the style of {}",
+    "a painting in the style of {}",
+    "a close-up photo of a fabric in the style of {}",
+    "a swatch of cloth in the style of {}",
+    "a rendering in the style of {}",
+    "a print in the style of {}",
+    "an african fabric in the style of {}",
+]
+PROGRESS_TEMPLATES = [
+    "a fabric pattern in the style of {}",
+    "a beautiful dress made of {} african fabric pattern, fashion photography",
+    "a ceramic vase decorated with {} african fabric pattern",
+    "a painting in the style of {}",
+]
+PROGRESS_SEEDS = [1000, 1001, 1002, 1003]
+EMBEDDING_FILE = "learned_embeds.safetensors"
+
+
+def parse_args(argv=None):
+    parser = make_parser(__doc__.split("\n")[0], adapters=False)
+    data = parser.add_argument_group("data")
+    data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
+    data.add_argument("--placeholder-token", default=PLACEHOLDER_TOKEN, help="the new word to learn")
+    data.add_argument("--initializer-token", default=INITIALIZER_TOKEN,
+                      help="an existing word whose embedding is the starting point")
+    data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
+    train = parser.add_argument_group("training")
+    train.add_argument("--max-train-steps", type=positive_int, default=3000, help="optimizer updates")
+    train.add_argument("--learning-rate", type=positive_float, default=5e-4, help="AdamW learning rate")
+    train.add_argument("--train-batch-size", type=positive_int, default=1, help="images per update")
+    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                       help="auto: fp16 on CUDA, none on CPU")
+    train.add_argument("--no-cache", dest="cache", action="store_false",
+                       help="run the frozen VAE every update instead of once (slower; for measuring)")
+    train.add_argument("--checkpoint-every", type=positive_int, default=500, help="updates between checkpoints")
+    train.add_argument("--progress-every", type=positive_int, default=500, help="updates between progress grids")
+    out = parser.add_argument_group("embedding output")
+    out.add_argument("--adapter-dir", type=Path, default=Path("models/fabric_textual_inversion"),
+                     help=f"where {EMBEDDING_FILE} and checkpoints go")
+    out.add_argument("--resume", default=None, help="'latest' or a checkpoint-N folder to continue from")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an embedding already in --adapter-dir (the old file is moved to a backup)")
+    parser.set_defaults(seed=0)
+    return parser.parse_args(argv)
+
+
+def fingerprint(args, num_images):
+    return {"base_model": str(args.base_model), "resolution": args.resolution, "learning_rate": args.learning_rate,
+            "placeholder_token": args.placeholder_token, "initializer_token": args.initializer_token,
+            "train_batch_size": args.train_batch_size, "flip": args.flip, "seed": args.seed,
+            "num_instance_images": num_images}
+
+
+def add_placeholder_token(pipe, token, initializer):
+    """Add `token` to the tokenizer; return (its id, a trainable vector started at the initializer's embedding)."""
+    if pipe.tokenizer.add_tokens(token) == 0:
+        raise UserError(f"--placeholder-token {token} is already a word of this tokenizer; pick a new one")
+    token_id = pipe.tokenizer.convert_tokens_to_ids(token)
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    init_ids = pipe.tokenizer(initializer, add_special_tokens=False).input_ids
+    if not init_ids:
+        raise UserError(f"--initializer-token '{initializer}' encodes to nothing; pick a plain word")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    # A word split into several pieces starts from their average.
+    start = table[init_ids].detach().float().mean(0)
+    return token_id, torch.nn.Parameter(start.clone())
+
+
+def swap_in_learned_vector(embedding_layer, token_id, vector):
+    """Make the embedding layer return `vector` wherever `token_id` appears (the table itself never changes)."""
+    def hook(module, inputs, output):
+        mask = (inputs[0] == token_id).unsqueeze(-1)
+        return torch.where(mask, vector.to(output.dtype), output)
+
+    return embedding_layer.register_forward_hook(hook)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from common.device import pick_device
+    from common.generation import generate
+    from common.grids import labelled_grid
+    from common.pipeline import load_pipeline, resolve_model_id
+    from common.saving import save_figure, save_json, save_safetensors
+    from common.training import (check_same_configuration, find_checkpoint, load_checkpoint, plot_loss_curves,
+                                 protect_existing_weights, save_checkpoint, smooth)
+    from common.training_images import load_training_images
+
+    # -----------------------------------------------------------------------
+    # Step 1: check everything a mistake could break before any work starts.
+    # -----------------------------------------------------------------------
+    device, _ = pick_device(args.device)
+    images = load_training_images(args.instance_dir, args.resolution)
+    checkpoint = find_checkpoint(args.adapter_dir, args.resume) if args.resume else None
+    settings = fingerprint(args, len(images))
+    if checkpoint is not None:
+        check_same_configuration(json.loads((checkpoint / "training_state.json").read_text())["settings"],
+                                 settings, checkpoint)
+    protect_existing_weights(args.adapter_dir, [EMBEDDING_FILE], args.overwrite, resuming=checkpoint is not None)
+
+    # -----------------------------------------------------------------------
+    # Step 2: load the frozen model; add the new word and its one trainable vector.
+    # -----------------------------------------------------------------------
+    mixed_precision = args.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = "fp16" if device.type == "cuda" else "no"
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    base_model = resolve_model_id(str(args.base_model))
+    pipe = load_pipeline(base_model, device, weight_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        model.requires_grad_(False)
+    token_id, vector = add_placeholder_token(pipe, args.placeholder_token, args.initializer_token)
+    vector = torch.nn.Parameter(vector.data.to(device))
+    swap_in_learned_vector(pipe.text_encoder.get_input_embeddings(), token_id, vector)
+    latents_of = LatentCache(pipe.vae, {"instance": images}, args.flip, args.cache, device, weight_dtype)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    optimizer = torch.optim.AdamW([vector], lr=args.learning_rate, weight_decay=1e-2)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+
+    generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
+    history = {"total": []}
+    first_update, elapsed_before = 0, 0.0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, {"vector": vector}, optimizer, lr_scheduler, generator)
+        first_update, history, elapsed_before = state["update"], state["history"], state["seconds"]
+        print(f"resuming from {checkpoint} at update {first_update}")
+
+    def save_state(update):
+        if accelerator.is_main_process:
+            save_checkpoint(args.adapter_dir / f"checkpoint-{update}", {"vector": vector}, optimizer, lr_scheduler,
+                            generator, {"update": update, "history": history, "settings": settings,
+                                        "seconds": elapsed_before + time.perf_counter() - started})
+
+    def save_progress_grid(update):
+        if not accelerator.is_main_process:
+            return
+        prompts = [template.format(args.placeholder_token) for template in PROGRESS_TEMPLATES]
+        pictures = generate(pipe, prompts, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
+                            guidance=args.guidance, batch_size=len(prompts), desc="progress grid")
+        save_figure(labelled_grid(pictures, prompts, cols=4, suptitle=f"after {update} updates"),
+                    args.output_dir / "training_progress_ti" / f"step_{update:05d}.png")
+
+    # -----------------------------------------------------------------------
+    # Step 3: the loop. The text encoder must run every update (its input,
+    # the new vector, changes); the VAE's latents come from the cache.
+    # -----------------------------------------------------------------------
+    started = time.perf_counter()
+    bar = tqdm(range(first_update, args.max_train_steps), initial=first_update, total=args.max_train_steps,
+               desc="TI updates", disable=not accelerator.is_main_process)
+    try:
+        for update in bar:
+            latents = latents_of.draw("instance", args.train_batch_size, generator)
+            picks = torch.randint(0, len(STYLE_TEMPLATES), (args.train_batch_size,), generator=generator).tolist()
+            captions = [STYLE_TEMPLATES[i].format(args.placeholder_token) for i in picks]
+            ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(device)
+            noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator)
+            with accelerator.autocast():
+                prediction = pipe.unet(noisy, timesteps, pipe.text_encoder(ids)[0]).sample
+            loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+            if not torch.isfinite(loss):
+                raise UserError(f"the loss became {loss.item()} at update {update + 1}; nothing was saved from it "
+                                f"(checkpoints in {args.adapter_dir} are intact): lower --learning-rate or "
+                                "use --mixed-precision no, then --resume latest")
+            accelerator.backward(loss)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history["total"].append(loss.item())
+            bar.set_postfix(loss=f"{smooth(history['total'])[-1]:.4f}")
+            done = update + 1
+            if done % args.checkpoint_every == 0 or done == args.max_train_steps:
+                save_state(done)
+            if done % args.progress_every == 0 or done == args.max_train_steps:
+                save_progress_grid(done)
+    except KeyboardInterrupt:
+        if history["total"]:
+            save_state(len(history["total"]))
+            print(f"saved {args.adapter_dir}/checkpoint-{len(history['total'])}; continue with --resume latest")
+        raise
+    bar.close()
+    seconds = elapsed_before + time.perf_counter() - started
+
+    # -----------------------------------------------------------------------
+    # Step 4: save the word: {token: vector}, loadable by pipe.load_textual_inversion.
+    # -----------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    path = save_safetensors({args.placeholder_token: vector.detach().float()}, args.adapter_dir / EMBEDDING_FILE)
+    plot_loss_curves(history, args.output_dir / "exercise3a_loss_curve.png",
+                     f"Textual inversion: {len(history['total'])} optimizer updates")
+    summary = {
+        "optimizer_updates": len(history["total"]),
+        "wall_seconds": round(seconds, 1),
+        "seconds_per_update": round(seconds / len(history["total"]), 4),
+        "final_smoothed_loss": round(smooth(history["total"])[-1], 5),
+        "file_bytes": {EMBEDDING_FILE: path.stat().st_size},
+        "token": args.placeholder_token,
+        "device": device.type,
+        "mixed_precision": mixed_precision,
+        "cached_latents": args.cache,
+        "settings": settings,
+    }
+    save_json(summary, args.output_dir / "exercise3a_summary.json")
+    print(f"wrote {path} ({path.stat().st_size} bytes, token {args.placeholder_token}), "
+          f"{args.output_dir / 'exercise3a_loss_curve.png'}; {len(history['total'])} updates in {seconds:.0f} s")
+    return pipe, vector  # for inspection (the tests check that nothing else changed)
+
 
 if __name__ == "__main__":
-    print("error: exercise3a_train_textual_inversion.py is not written yet; use the release's "
-          "learned_embeds.safetensors with --ti-file for now", file=sys.stderr)
-    sys.exit(1)
+    run_script(main)

@@ -37,6 +37,7 @@ import torch
 
 from common.cli import make_parser, non_negative_float, positive_float, positive_int
 from common.errors import UserError, run_script
+from common.latent_cache import LatentCache, noisy_batch
 
 # ---------------------------------------------------------------------------
 # Configuration (the course's table)
@@ -110,60 +111,23 @@ def encode_prompt(pipe, prompt, device):
 
 
 class FrozenEncoders:
-    """The VAE and text encoder never change during training, so by default their
-    outputs are computed once: the latent distribution of every image (and its
-    mirror image) and the embedding of both prompts. With cache=False they run
-    on every update, as the original course did; the results are the same.
+    """The VAE and text encoder never change here, so by default their outputs
+    are computed once: image latents (common/latent_cache.py) and the embedding
+    of both prompts. With cache=False both run on every update, as in the
+    original course; the numbers are the same, only slower.
     """
 
     def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, device, dtype):
-        self.pipe, self.flip, self.cache, self.device, self.dtype = pipe, flip, cache, device, dtype
-        self.pixels = {role: torch.stack([to_tensor(image) for image in images]).to(device, dtype)
-                       for role, images in images_by_role.items()}
-        self.prompts = prompts_by_role
-        self.sizes = {role: len(images) for role, images in images_by_role.items()}
+        self.pipe, self.prompts, self.cache, self.device = pipe, prompts_by_role, cache, device
+        self.images = LatentCache(pipe.vae, images_by_role, flip, cache, device, dtype)
         if cache:
             with torch.no_grad():
-                self.latent_stats = {role: self._encode(pixels) for role, pixels in self.pixels.items()}
-                if flip:
-                    self.latent_stats_flipped = {role: self._encode(pixels.flip(-1))
-                                                 for role, pixels in self.pixels.items()}
                 self.embeddings = {role: encode_prompt(pipe, prompt, device) for role, prompt in prompts_by_role.items()}
-            del self.pixels  # the cache is all that is needed now
-
-    def _encode(self, pixels):
-        stats = [self.pipe.vae.encode(pixels[i:i + 1]).latent_dist for i in range(len(pixels))]
-        return torch.cat([s.mean for s in stats]), torch.cat([s.std for s in stats])
-
-    @torch.no_grad()
-    def latents(self, role, indices, flips, generator):
-        """VAE latents (sampled from their distribution, scaled) of the chosen images."""
-        means, stds = [], []
-        for index, flipped in zip(indices.tolist(), flips.tolist()):
-            if self.cache:
-                mean, std = (self.latent_stats_flipped if flipped else self.latent_stats)[role]
-                means.append(mean[index:index + 1])
-                stds.append(std[index:index + 1])
-            else:
-                pixels = self.pixels[role][index:index + 1]
-                mean, std = self._encode(pixels.flip(-1) if flipped else pixels)
-                means.append(mean)
-                stds.append(std)
-        mean, std = torch.cat(means), torch.cat(stds)
-        sample = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
-        return sample * self.pipe.vae.config.scaling_factor
 
     @torch.no_grad()
     def embedding(self, role, count):
         embedding = self.embeddings[role] if self.cache else encode_prompt(self.pipe, self.prompts[role], self.device)
         return embedding.expand(count, -1, -1)
-
-
-def to_tensor(image):
-    """PIL RGB -> [3, H, W] in [-1, 1], the VAE's input range."""
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
 def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_preservation, prior_loss_weight):
@@ -174,22 +138,10 @@ def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_
     from common.prior_preservation import prior_preservation_loss
 
     roles = ["instance", "class"] if prior_preservation else ["instance"]
-    latents, embeddings = [], []
-    for role in roles:
-        indices = torch.randint(0, encoders.sizes[role], (batch_size,), generator=generator)
-        flips = (torch.rand(batch_size, generator=generator) < 0.5) & encoders.flip
-        latents.append(encoders.latents(role, indices, flips, generator))
-        embeddings.append(encoders.embedding(role, batch_size))
-    # Instances first, then class images: one UNet pass for both halves.
-    latents, embeddings = torch.cat(latents), torch.cat(embeddings)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    # Instances first, then class images: one UNet pass serves both halves.
+    latents = torch.cat([encoders.images.draw(role, batch_size, generator) for role in roles])
+    embeddings = torch.cat([encoders.embedding(role, batch_size) for role in roles])
+    noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator)
     prediction = unet(noisy, timesteps, embeddings).sample
     return prior_preservation_loss(prediction, target, batch_size, prior_loss_weight)
 

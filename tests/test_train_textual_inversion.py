@@ -1,0 +1,61 @@
+"""Exercise 3a on the tiny pipeline: only the new word changes, and its file loads in diffusers."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+import exercise3a_train_textual_inversion as trainer
+from tests.test_scripts import run_main
+from tests.test_train_lora import instance_dir  # noqa: F401  (fixture)
+
+
+def ti_args(tiny_pipeline_dir, instance_dir, tmp_path, *extra):
+    return ["--base-model", str(tiny_pipeline_dir), "--instance-dir", str(instance_dir), "--initializer-token", "a",
+            "--resolution", "32", "--steps", "2", "--adapter-dir", str(tmp_path / "ti"),
+            "--output-dir", str(tmp_path / "out"), "--progress-every", "1000", *[str(e) for e in extra]]
+
+
+def test_only_the_new_word_changes(tiny_pipeline_dir, instance_dir, tmp_path):
+    from common.pipeline import load_pipeline
+
+    original = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    table_before = original.text_encoder.get_input_embeddings().weight.detach().clone()
+    unet_before = {k: v.clone() for k, v in original.unet.state_dict().items()}
+    pipe, vector = trainer.main(ti_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 8,
+                                        "--learning-rate", 1e-2))
+    table_after = pipe.text_encoder.get_input_embeddings().weight
+    rows = table_before.shape[0]
+    assert table_after.shape[0] == rows + 1
+    assert torch.equal(table_after[:rows], table_before)  # bitwise: no other word moved
+    assert all(torch.equal(v, unet_before[k]) for k, v in pipe.unet.state_dict().items())
+    start = table_before[original.tokenizer("a", add_special_tokens=False).input_ids].mean(0)
+    assert not torch.allclose(vector.detach(), start)  # the new word did learn
+    summary = json.loads((tmp_path / "out" / "exercise3a_summary.json").read_text())
+    assert summary["optimizer_updates"] == 8 and summary["token"] == "<african-fabric>"
+    assert (tmp_path / "out" / "exercise3a_loss_curve.png").is_file()
+
+
+def test_embedding_file_loads_with_diffusers(tiny_pipeline_dir, instance_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    assert run_main(trainer, ti_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2,
+                                     "--progress-every", 1)) == 0
+    file = tmp_path / "ti" / "learned_embeds.safetensors"
+    saved = load_file(str(file))
+    assert list(saved) == ["<african-fabric>"] and saved["<african-fabric>"].shape == (32,)
+    assert len(list((tmp_path / "out" / "training_progress_ti").glob("step_*.png"))) == 2
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir, safety_checker=None)
+    pipe.load_textual_inversion(str(file))
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<african-fabric>")
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[token_id], saved["<african-fabric>"])
+
+
+def test_textual_inversion_resume_is_exact(tiny_pipeline_dir, instance_dir, tmp_path):
+    for name, runs in {"straight": [["--max-train-steps", 4]],
+                       "split": [["--max-train-steps", 2], ["--max-train-steps", 4, "--resume", "latest"]]}.items():
+        for extra in runs:
+            assert run_main(trainer, ti_args(tiny_pipeline_dir, instance_dir, tmp_path / name, *extra)) == 0
+    a = load_file(str(tmp_path / "straight" / "ti" / "learned_embeds.safetensors"))
+    b = load_file(str(tmp_path / "split" / "ti" / "learned_embeds.safetensors"))
+    assert torch.allclose(a["<african-fabric>"], b["<african-fabric>"], atol=1e-6)
