@@ -59,3 +59,19 @@ def test_textual_inversion_resume_is_exact(tiny_pipeline_dir, instance_dir, tmp_
     a = load_file(str(tmp_path / "straight" / "ti" / "learned_embeds.safetensors"))
     b = load_file(str(tmp_path / "split" / "ti" / "learned_embeds.safetensors"))
     assert torch.allclose(a["<african-fabric>"], b["<african-fabric>"], atol=1e-6)
+
+
+def test_ti_vs_lora_comparison(tiny_pipeline_dir, tiny_lora_dir, tmp_path):
+    import exercise3_compare
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    save_file({"<african-fabric>": torch.randn(32)}, str(tmp_path / "learned_embeds.safetensors"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "exercise3a_summary.json").write_text(json.dumps({"wall_seconds": 12.0, "optimizer_updates": 30}))
+    assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--lora-dir", tiny_lora_dir,
+                                        "--ti-file", tmp_path / "learned_embeds.safetensors",
+                                        "--output-dir", out, "--steps", 2, "--resolution", 32]) == 0
+    width, height = Image.open(out / "exercise3_ti_vs_lora.png").size
+    assert 0.9 < width / height < 2.0  # four columns, three rows
