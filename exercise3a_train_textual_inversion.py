@@ -28,7 +28,6 @@ Run it
     python exercise1_generate.py --lora-dir none --ti-file models/fabric_textual_inversion/learned_embeds.safetensors
 """
 
-import json
 import time
 from pathlib import Path
 
@@ -125,7 +124,6 @@ def swap_in_learned_vector(embedding_layer, token_id, vector):
 
 def main(argv=None):
     args = parse_args(argv)
-    from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
@@ -135,8 +133,8 @@ def main(argv=None):
     from common.grids import labelled_grid
     from common.pipeline import load_pipeline, resolve_model_id
     from common.saving import save_figure, save_json, save_safetensors
-    from common.training import (check_same_configuration, find_checkpoint, load_checkpoint, plot_loss_curves,
-                                 protect_existing_weights, save_checkpoint, smooth)
+    from common.training import (load_checkpoint, make_accelerator, non_finite_loss_error, plot_loss_curves,
+                                 prepare_run, save_checkpoint, smooth)
     from common.training_images import load_training_images
 
     # -----------------------------------------------------------------------
@@ -144,22 +142,13 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     device, _ = pick_device(args.device)
     images = load_training_images(args.instance_dir, args.resolution)
-    checkpoint = find_checkpoint(args.adapter_dir, args.resume) if args.resume else None
     settings = fingerprint(args, len(images))
-    if checkpoint is not None:
-        check_same_configuration(json.loads((checkpoint / "training_state.json").read_text())["settings"],
-                                 settings, checkpoint)
-    protect_existing_weights(args.adapter_dir, [EMBEDDING_FILE], args.overwrite, resuming=checkpoint is not None)
+    checkpoint = prepare_run(args, settings, [EMBEDDING_FILE])
 
     # -----------------------------------------------------------------------
     # Step 2: load the frozen model; add the new word and its one trainable vector.
     # -----------------------------------------------------------------------
-    mixed_precision = args.mixed_precision
-    if mixed_precision == "auto":
-        mixed_precision = "fp16" if device.type == "cuda" else "no"
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
-    device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision)
     base_model = resolve_model_id(str(args.base_model))
     pipe = load_pipeline(base_model, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -216,9 +205,7 @@ def main(argv=None):
                 prediction = pipe.unet(noisy, timesteps, pipe.text_encoder(ids)[0]).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
             if not torch.isfinite(loss):
-                raise UserError(f"the loss became {loss.item()} at update {update + 1}; nothing was saved from it "
-                                f"(checkpoints in {args.adapter_dir} are intact): lower --learning-rate or "
-                                "use --mixed-precision no, then --resume latest")
+                raise non_finite_loss_error(loss, update + 1, args.adapter_dir)
             accelerator.backward(loss)
             optimizer.step()
             lr_scheduler.step()

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from common.cli import make_parser, non_negative_float, positive_float, positive_int
-from common.errors import UserError, run_script
+from common.errors import run_script
 from common.latent_cache import LatentCache, noisy_batch
 
 # ---------------------------------------------------------------------------
@@ -148,7 +148,6 @@ def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_
 
 def main(argv=None):
     args = parse_args(argv)
-    from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -163,8 +162,8 @@ def main(argv=None):
     from common.lora_saving import save_lora
     from common.pipeline import load_pipeline, resolve_model_id
     from common.saving import save_figure, save_json
-    from common.training import (check_same_configuration, find_checkpoint, load_checkpoint, plot_loss_curves,
-                                 protect_existing_weights, save_checkpoint, smooth)
+    from common.training import (load_checkpoint, make_accelerator, non_finite_loss_error, plot_loss_curves,
+                                 prepare_run, save_checkpoint, smooth)
     from common.training_images import load_training_images
 
     # -----------------------------------------------------------------------
@@ -172,25 +171,14 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     device, dtype = pick_device(args.device)
     instance_images = load_training_images(args.instance_dir, args.resolution)
-    checkpoint = find_checkpoint(args.adapter_dir, args.resume) if args.resume else None
     settings = fingerprint(args, len(instance_images))
-    if checkpoint is not None:
-        import json
-
-        check_same_configuration(json.loads((checkpoint / "training_state.json").read_text())["settings"],
-                                 settings, checkpoint)
-    protect_existing_weights(args.adapter_dir, PEFT_FILES, args.overwrite, resuming=checkpoint is not None)
+    checkpoint = prepare_run(args, settings, PEFT_FILES)
 
     # -----------------------------------------------------------------------
     # Step 2: Accelerate decides where each process runs (one CPU, one GPU, or
     # many under `accelerate launch`) and handles mixed precision.
     # -----------------------------------------------------------------------
-    mixed_precision = args.mixed_precision
-    if mixed_precision == "auto":
-        mixed_precision = "fp16" if device.type == "cuda" else "no"
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
-    device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision)
     base_model = resolve_model_id(str(args.base_model))
     pipe = load_pipeline(base_model, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -268,9 +256,7 @@ def main(argv=None):
                                                    generator, args.prior_preservation, args.prior_loss_weight)
             if not torch.isfinite(total):
                 # Nothing of this update is applied or saved; earlier checkpoints stay as they are.
-                raise UserError(f"the loss became {total.item()} at update {update + 1}; nothing was saved from it "
-                                f"(checkpoints in {args.adapter_dir} are intact): lower --learning-rate or "
-                                "use --mixed-precision no, then --resume latest")
+                raise non_finite_loss_error(total, update + 1, args.adapter_dir)
             accelerator.backward(total)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(trainable.values(), 1.0)

@@ -154,3 +154,39 @@ def check_same_configuration(saved, current, folder):
         if saved.get(key) != value:
             raise UserError(f"{folder} was trained with {key}={saved.get(key)!r}, this run has {value!r}; "
                             "resume with the same settings or start fresh without --resume")
+
+
+# --- the set-up both trainers share ------------------------------------------------------------
+
+def prepare_run(args, settings, weight_names):
+    """Resume point and weight protection, checked before any model is loaded.
+
+    Returns the checkpoint folder to resume from, or None for a fresh start.
+    """
+    checkpoint = find_checkpoint(args.adapter_dir, args.resume) if args.resume else None
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "training_state.json").read_text())["settings"]
+        check_same_configuration(saved, settings, checkpoint)
+    protect_existing_weights(args.adapter_dir, weight_names, args.overwrite, resuming=checkpoint is not None)
+    return checkpoint
+
+
+def make_accelerator(device, mixed_precision):
+    """(Accelerator, its device, the frozen weights' dtype, the precision name).
+
+    'auto' means fp16 on CUDA and full precision elsewhere. Under
+    `accelerate launch` the launcher's settings decide the device.
+    """
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        mixed_precision = "fp16" if device.type == "cuda" else "no"
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    return accelerator, accelerator.device, weight_dtype, mixed_precision
+
+
+def non_finite_loss_error(loss, update, adapter_dir):
+    return UserError(f"the loss became {loss.item()} at update {update}; nothing was saved from it "
+                     f"(checkpoints in {adapter_dir} are intact): lower --learning-rate or "
+                     "use --mixed-precision no, then --resume latest")

@@ -1,7 +1,9 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -42,3 +44,12 @@ def release_dir():
     if not (RELEASE / "fabric_lora" / "adapter_model.safetensors").is_file():
         pytest.skip(f"release weights not found at {RELEASE}")
     return RELEASE
+
+
+@pytest.fixture(scope="session")
+def instance_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("instances")
+    for index in range(4):
+        pixels = (np.random.RandomState(index).rand(40, 40, 3) * 255).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"fabric_{index}.png")
+    return folder

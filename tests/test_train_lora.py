@@ -3,25 +3,14 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import exercise3b_train_lora as trainer
 from common.adapters import injected_lora_layers, load_lora
-from common.errors import UserError
 from common.prior_preservation import prior_preservation_loss
 from tests.test_scripts import run_main
-
-
-@pytest.fixture(scope="module")
-def instance_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("instances")
-    for index in range(4):
-        pixels = (np.random.RandomState(index).rand(40, 40, 3) * 255).astype("uint8")
-        Image.fromarray(pixels).save(folder / f"fabric_{index}.png")
-    return folder
 
 
 def train_args(tiny_pipeline_dir, instance_dir, tmp_path, *extra):

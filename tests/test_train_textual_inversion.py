@@ -7,7 +7,6 @@ from safetensors.torch import load_file
 
 import exercise3a_train_textual_inversion as trainer
 from tests.test_scripts import run_main
-from tests.test_train_lora import instance_dir  # noqa: F401  (fixture)
 
 
 def ti_args(tiny_pipeline_dir, instance_dir, tmp_path, *extra):
