@@ -68,13 +68,13 @@ def load_pipeline(base_model, device, dtype):
             try:  # the cache first: quick, and works with no network
                 pipe = StableDiffusionPipeline.from_pretrained(base_model, local_files_only=True, **options)
             except OSError:
-                print(f"downloading {base_model} (about 4 GB, once) ...")
+                print(f"{base_model} is not in the local Hugging Face cache; trying to download it (about 4 GB, once)")
                 pipe = StableDiffusionPipeline.from_pretrained(base_model, **options)
     except OSError as error:
         raise UserError(
-            f"could not load base model {base_model} ({str(error).splitlines()[0][:120]}); "
-            "with no network, put it in the Hugging Face cache while online, or pass a local "
-            "diffusers folder with --base-model"
+            f"could not load base model {base_model}: it is not in the Hugging Face cache and could not be "
+            f"downloaded ({type(error).__name__}); with no network, fill the cache while online, or pass a "
+            "local diffusers folder with --base-model"
         ) from None
     except (ValueError, KeyError) as error:
         raise UserError(f"{base_model} is not a usable Stable Diffusion pipeline: {str(error).splitlines()[0][:160]}") from None
