@@ -167,15 +167,17 @@ def main(argv=None):
     history = {"total": []}
     first_update, elapsed_before = 0, 0.0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, {"vector": vector}, optimizer, lr_scheduler, generator)
+        state = load_checkpoint(checkpoint, {"vector": vector}, optimizer, lr_scheduler, generator,
+                                accelerator.process_index)
         first_update, history, elapsed_before = state["update"], state["history"], state["seconds"]
         print(f"resuming from {checkpoint} at update {first_update}")
 
     def save_state(update):
-        if accelerator.is_main_process:
-            save_checkpoint(args.adapter_dir / f"checkpoint-{update}", {"vector": vector}, optimizer, lr_scheduler,
-                            generator, {"update": update, "history": history, "settings": settings,
-                                        "seconds": elapsed_before + time.perf_counter() - started})
+        # Every process saves its own random state; process 0 also the shared rest.
+        save_checkpoint(args.adapter_dir / f"checkpoint-{update}", {"vector": vector}, optimizer, lr_scheduler,
+                        generator, {"update": update, "history": history, "settings": settings,
+                                    "seconds": elapsed_before + time.perf_counter() - started},
+                        rank=accelerator.process_index)
 
     def save_progress_grid(update):
         if not accelerator.is_main_process:

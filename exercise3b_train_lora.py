@@ -130,6 +130,22 @@ class FrozenEncoders:
         return embedding.expand(count, -1, -1)
 
 
+def add_lora(unet, args):
+    """Put rank-r LoRA matrices beside the attention projections; return (config, trainable parameters).
+
+    B starts at zero, so the adapted UNet starts out exactly equal to the base.
+    """
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    lora_config = LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
+                             target_modules=LORA_TARGETS)
+    torch.manual_seed(args.seed)  # the LoRA's random A matrices
+    unet.add_adapter(lora_config)
+    cast_training_params(unet, dtype=torch.float32)  # trainable weights stay fp32 under mixed precision
+    return lora_config, {name: p for name, p in unet.named_parameters() if p.requires_grad}
+
+
 def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_preservation, prior_loss_weight):
     """One DreamBooth update's loss: draw images, add noise, predict it, compare.
 
@@ -150,8 +166,6 @@ def main(argv=None):
     args = parse_args(argv)
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
 
@@ -201,15 +215,10 @@ def main(argv=None):
         model.requires_grad_(False)
     encoders = FrozenEncoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": args.class_prompt},
                               args.flip, args.cache, device, weight_dtype)
+    lora_config, trainable = add_lora(pipe.unet, args)
     unet = pipe.unet
-    lora_config = LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
-                             target_modules=LORA_TARGETS)
-    torch.manual_seed(args.seed)  # the LoRA's random A matrices
-    unet.add_adapter(lora_config)
-    cast_training_params(unet, dtype=torch.float32)  # trainable weights stay fp32 under mixed precision
     if device.type == "cuda":
         unet.enable_gradient_checkpointing()
-    trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=args.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -221,16 +230,18 @@ def main(argv=None):
     history = {"total": [], "instance": [], "prior": []}
     first_update, elapsed_before = 0, 0.0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, generator)
+        state = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, generator,
+                                accelerator.process_index)
         first_update, history, elapsed_before = state["update"], state["history"], state["seconds"]
         print(f"resuming from {checkpoint} at update {first_update}")
 
     def save_state(update):
-        if accelerator.is_main_process:
-            save_checkpoint(args.adapter_dir / f"checkpoint-{update}",
-                            {name: p for name, p in trainable.items()}, optimizer, lr_scheduler, generator,
-                            {"update": update, "history": history, "settings": settings,
-                             "seconds": elapsed_before + time.perf_counter() - started})
+        # Every process saves its own random state; process 0 also the shared rest.
+        save_checkpoint(args.adapter_dir / f"checkpoint-{update}",
+                        {name: p for name, p in trainable.items()}, optimizer, lr_scheduler, generator,
+                        {"update": update, "history": history, "settings": settings,
+                         "seconds": elapsed_before + time.perf_counter() - started},
+                        rank=accelerator.process_index)
 
     def save_progress_grid(update):
         if not accelerator.is_main_process:

@@ -100,11 +100,17 @@ def _join_optimizer_state(tensors, plain):
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
-def save_checkpoint(folder, trainable, optimizer, lr_scheduler, generator, state):
-    """Write checkpoint-N/: trainable.safetensors, optimizer.safetensors, training_state.json."""
+def save_checkpoint(folder, trainable, optimizer, lr_scheduler, generator, state, rank=0):
+    """Write checkpoint-N/: trainable.safetensors, optimizer.safetensors, training_state.json.
+
+    Every process calls this: each saves its own random state (generator_rank<R>.safetensors,
+    since each draws other images); process 0 saves the rest, which all processes share.
+    """
     folder = Path(folder)
+    save_safetensors({"state": generator.get_state()}, folder / f"generator_rank{rank}.safetensors")
+    if rank != 0:
+        return folder
     optimizer_tensors, optimizer_plain = _split_optimizer_state(optimizer)
-    optimizer_tensors["generator_state"] = generator.get_state()
     save_safetensors(trainable, folder / "trainable.safetensors")
     save_safetensors(optimizer_tensors, folder / "optimizer.safetensors")
     # Written last: a checkpoint without training_state.json is incomplete and never resumed from.
@@ -113,7 +119,7 @@ def save_checkpoint(folder, trainable, optimizer, lr_scheduler, generator, state
     return folder
 
 
-def load_checkpoint(folder, parameters, optimizer, lr_scheduler, generator):
+def load_checkpoint(folder, parameters, optimizer, lr_scheduler, generator, rank=0):
     """Restore a checkpoint into live objects; returns its training_state.json contents."""
     from safetensors.torch import load_file
 
@@ -127,7 +133,10 @@ def load_checkpoint(folder, parameters, optimizer, lr_scheduler, generator):
         for name, tensor in trainable.items():
             parameters[name].copy_(tensor)
     optimizer_tensors = load_file(str(folder / "optimizer.safetensors"))
-    generator.set_state(optimizer_tensors.pop("generator_state"))
+    generator_file = folder / f"generator_rank{rank}.safetensors"
+    if not generator_file.is_file():
+        raise UserError(f"{folder} was saved by fewer processes than this run has; resume with as many processes")
+    generator.set_state(load_file(str(generator_file))["state"])
     optimizer.load_state_dict(_join_optimizer_state(optimizer_tensors, state.pop("optimizer")))
     lr_scheduler.load_state_dict(state.pop("lr_scheduler"))
     return state

@@ -1,0 +1,95 @@
+"""Exercise 3b under `accelerate launch` with 2 CPU processes (gloo): Accelerate averages the gradients.
+
+After one update from the same start, AdamW moves each weight by
+lr * g / (|g| + eps), where g is the clipped gradient. Computing g here by
+hand from both processes' batches (each process draws with seed + its rank)
+predicts the adapter the two processes must save; rank 0's gradient alone
+predicts a different one.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+import exercise3b_train_lora as trainer
+from tests.conftest import REPO
+from tests.test_train_lora import train_args
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def predicted_adapter(args, gradients_of_ranks, tiny_pipeline_dir):
+    from common.pipeline import load_pipeline
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    _, trainable = trainer.add_lora(pipe.unet, args)
+    mean = {name: sum(g[name] for g in gradients_of_ranks) / len(gradients_of_ranks) for name in trainable}
+    norm = torch.sqrt(sum((g ** 2).sum() for g in mean.values()))
+    clip = min(1.0, 1.0 / (norm.item() + 1e-6))
+    lr, decay, eps = args.learning_rate, 1e-2, 1e-8
+    return {name.replace(".default", ""): trainable[name].detach() * (1 - lr * decay)
+            - lr * (mean[name] * clip) / ((mean[name] * clip).abs() + eps) for name in trainable}
+
+
+def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
+    from diffusers import DDPMScheduler
+
+    from common.class_images import class_image_folder, ensure_class_images
+    from common.pipeline import load_pipeline
+    from common.training_images import load_training_images
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    images = load_training_images(instance_dir, args.resolution)
+    folder = class_image_folder(args.class_dir, str(tiny_pipeline_dir), args.class_prompt, args.resolution)
+    classes = ensure_class_images(pipe, folder, args.class_prompt, args.num_class_images, args.resolution,
+                                  steps=args.steps, guidance=args.guidance)  # drawn by the run: read back
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        model.requires_grad_(False)
+    encoders = trainer.FrozenEncoders(pipe, {"instance": images, "class": classes},
+                                      {"instance": args.instance_prompt, "class": args.class_prompt},
+                                      args.flip, args.cache, torch.device("cpu"), torch.float32)
+    _, trainable = trainer.add_lora(pipe.unet, args)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    gradients = []
+    for rank in ranks:
+        total, _, _ = trainer.training_step(pipe.unet, noise_scheduler, encoders, args.train_batch_size,
+                                            torch.Generator().manual_seed(args.seed + rank), True,
+                                            args.prior_loss_weight)
+        total.backward()
+        gradients.append({name: p.grad.clone() for name, p in trainable.items()})
+        for p in trainable.values():
+            p.grad = None
+    return gradients
+
+
+def test_two_cpu_processes_average_gradients(tiny_pipeline_dir, instance_dir, tmp_path):
+    argv = [str(a) for a in train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1)]
+    command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+               "exercise3b_train_lora.py", *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1  # only the main process writes
+
+    saved = {key.removeprefix("base_model.model."): value
+             for key, value in load_file(str(tmp_path / "lora" / "adapter_model.safetensors")).items()}
+    args = trainer.parse_args(argv)
+    gradients = gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks=[0, 1])
+    averaged = predicted_adapter(args, gradients, tiny_pipeline_dir)
+    rank0_only = predicted_adapter(args, gradients[:1], tiny_pipeline_dir)
+    assert set(saved) == set(averaged)
+    lora_b = [key for key in saved if ".lora_B." in key]
+    for key in saved:
+        assert torch.allclose(saved[key], averaged[key], atol=args.learning_rate * 1e-3), key
+    differs = sum(not torch.allclose(saved[key], rank0_only[key], atol=args.learning_rate * 1e-3) for key in lora_b)
+    assert differs > len(lora_b) // 2  # rank 0's gradient alone would have saved another adapter
