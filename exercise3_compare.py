@@ -26,7 +26,8 @@ from common.device import pick_device
 from common.errors import run_script
 from common.generation import generate
 from common.grids import labelled_grid
-from common.pipeline import SUBJECT_CLASS, load_pipeline, resolve_model_id
+from common.base_model import resolve_base
+from common.pipeline import SUBJECT_CLASS, load_pipeline
 from common.saving import save_figure
 
 CONTEXTS = {
@@ -39,7 +40,8 @@ CONTEXTS = {
 
 def parse_args(argv=None):
     parser = make_parser(__doc__.split("\n")[0])
-    parser.set_defaults(ti_file="models/fabric_textual_inversion/learned_embeds.safetensors")
+    # What the trainers wrote for this base (auto: models/micro_trained/... on micro).
+    parser.set_defaults(ti_file="auto")
     return parser.parse_args(argv)
 
 
@@ -56,9 +58,10 @@ def cost(summary_path, files):
 def main(argv=None):
     args = parse_args(argv)
     device, dtype = pick_device(args.device)
+    _, where = resolve_base(args, device, role="trained_lora")
     lora = read_lora(args.lora_dir)
     read_textual_inversion(args.ti_file)
-    pipe = load_pipeline(resolve_model_id(str(args.base_model)), device, dtype)
+    pipe = load_pipeline(where, device, dtype)
     seeds = [args.seed + index for index in range(len(CONTEXTS))]
     settings = dict(steps=args.steps, resolution=args.resolution, guidance=args.guidance,
                     negative_prompt=args.negative_prompt, batch_size=args.batch_size)

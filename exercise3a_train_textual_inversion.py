@@ -82,8 +82,10 @@ def parse_args(argv=None):
     train.add_argument("--checkpoint-every", type=positive_int, default=500, help="updates between checkpoints")
     train.add_argument("--progress-every", type=positive_int, default=500, help="updates between progress grids")
     out = parser.add_argument_group("embedding output")
-    out.add_argument("--adapter-dir", type=Path, default=Path("models/fabric_textual_inversion"),
-                     help=f"where {EMBEDDING_FILE} and checkpoints go")
+    out.add_argument("--adapter-dir", default="auto",
+                     help=f"where {EMBEDDING_FILE} and checkpoints go; auto: "
+                          "models/micro_trained/fabric_textual_inversion on micro, "
+                          "models/fabric_textual_inversion on SD 1.5")
     out.add_argument("--resume", default=None, help="'latest' or a checkpoint-N folder to continue from")
     out.add_argument("--overwrite", action="store_true",
                      help="replace an embedding already in --adapter-dir (the old file is moved to a backup)")
@@ -131,7 +133,8 @@ def main(argv=None):
     from common.device import pick_device
     from common.generation import generate
     from common.grids import labelled_grid
-    from common.pipeline import load_pipeline, resolve_model_id
+    from common.base_model import resolve_base
+    from common.pipeline import load_pipeline
     from common.saving import save_figure, save_json, save_safetensors
     from common.training import (load_checkpoint, make_accelerator, non_finite_loss_error, plot_loss_curves,
                                  prepare_run, save_checkpoint, smooth)
@@ -141,6 +144,7 @@ def main(argv=None):
     # Step 1: check everything a mistake could break before any work starts.
     # -----------------------------------------------------------------------
     device, _ = pick_device(args.device)
+    args.base_model, where = resolve_base(args, device, role="trained_ti")
     images = load_training_images(args.instance_dir, args.resolution)
     settings = fingerprint(args, len(images))
     checkpoint = prepare_run(args, settings, [EMBEDDING_FILE])
@@ -149,8 +153,7 @@ def main(argv=None):
     # Step 2: load the frozen model; add the new word and its one trainable vector.
     # -----------------------------------------------------------------------
     accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision)
-    base_model = resolve_model_id(str(args.base_model))
-    pipe = load_pipeline(base_model, device, weight_dtype)
+    pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)

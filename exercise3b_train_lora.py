@@ -84,7 +84,9 @@ def parse_args(argv=None):
     train.add_argument("--checkpoint-every", type=positive_int, default=200, help="updates between checkpoints")
     train.add_argument("--progress-every", type=positive_int, default=100, help="updates between progress grids")
     out = parser.add_argument_group("adapter output")
-    out.add_argument("--adapter-dir", type=Path, default=Path("models/fabric_lora"), help="where the LoRA goes")
+    out.add_argument("--adapter-dir", default="auto",
+                     help="where the LoRA goes; auto: models/micro_trained/fabric_lora on micro, "
+                          "models/fabric_lora on SD 1.5")
     out.add_argument("--resume", default=None, help="'latest' or a checkpoint-N folder to continue from")
     out.add_argument("--overwrite", action="store_true",
                      help="replace an adapter already in --adapter-dir (the old files are moved to a backup)")
@@ -174,7 +176,8 @@ def main(argv=None):
     from common.generation import generate
     from common.grids import labelled_grid
     from common.lora_saving import save_lora
-    from common.pipeline import load_pipeline, resolve_model_id
+    from common.base_model import resolve_base
+    from common.pipeline import load_pipeline
     from common.saving import save_figure, save_json
     from common.training import (load_checkpoint, make_accelerator, non_finite_loss_error, plot_loss_curves,
                                  prepare_run, save_checkpoint, smooth)
@@ -184,6 +187,7 @@ def main(argv=None):
     # Step 1: check everything a mistake could break before any work starts.
     # -----------------------------------------------------------------------
     device, dtype = pick_device(args.device)
+    args.base_model, where = resolve_base(args, device, role="trained_lora")
     instance_images = load_training_images(args.instance_dir, args.resolution)
     settings = fingerprint(args, len(instance_images))
     checkpoint = prepare_run(args, settings, PEFT_FILES)
@@ -193,8 +197,8 @@ def main(argv=None):
     # many under `accelerate launch`) and handles mixed precision.
     # -----------------------------------------------------------------------
     accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision)
-    base_model = resolve_model_id(str(args.base_model))
-    pipe = load_pipeline(base_model, device, weight_dtype)
+    base_model = args.base_model
+    pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
 
     # -----------------------------------------------------------------------

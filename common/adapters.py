@@ -47,7 +47,7 @@ class LoadedAdapter:
 
 def missing_lora_message(path):
     return (f"no LoRA at {path}: train one with exercise3b_train_lora.py, or download adapter_model.safetensors "
-            f"and adapter_config.json from the release into models/fabric_lora/ (or pass --lora-dir none)")
+            f"and adapter_config.json from the release into {path}/ (or pass --lora-dir none)")
 
 
 def read_safetensors(path):

@@ -9,9 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_LORA_DIR = "models/fabric_lora"
-DEFAULT_RESOLUTION = 512
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -63,8 +60,10 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, ada
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
-                       help="hub id or local diffusers folder of the base Stable Diffusion model")
+    model.add_argument("--base-model", default="auto",
+                       help="'micro' (the embedded 64 px model), a hub id such as "
+                            "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder; "
+                            "auto: SD 1.5 with CUDA, micro without")
     if adapters:
         add_adapter_flags(model)
     model.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
@@ -74,8 +73,8 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, ada
     sampling.add_argument("--guidance", type=non_negative_float, default=7.5,
                           help="classifier-free guidance scale")
     sampling.add_argument("--seed", type=int, default=seed, help="random seed of the first image")
-    sampling.add_argument("--resolution", type=image_size, default=DEFAULT_RESOLUTION,
-                          help="image width and height in pixels")
+    sampling.add_argument("--resolution", type=image_size, default=None,
+                          help="image width and height in pixels (default: the base's own, 64 micro, 512 SD 1.5)")
     if adapters:
         sampling.add_argument("--negative-prompt", default=None,
                               help="what to steer away from, e.g. 'blurry, distorted'")
@@ -86,10 +85,11 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, ada
 
 
 def add_adapter_flags(model):
-    model.add_argument("--lora-dir", default=DEFAULT_LORA_DIR,
+    model.add_argument("--lora-dir", default="auto",
                        help="LoRA to load: a PEFT folder (adapter_config.json + adapter_model.safetensors), "
                             "a diffusers folder or .safetensors file (pytorch_lora_weights.safetensors); "
-                            "'none' runs the base model alone")
+                            "'none' runs the base model alone; auto: models/micro_release/fabric_lora on micro, "
+                            "models/fabric_lora on SD 1.5")
     model.add_argument("--lora-weight", type=non_negative_float, default=None,
                        help="multiply the LoRA's trained strength (lora_alpha / r) by this; 0 switches it off")
     model.add_argument("--ti-file", default=None,

@@ -113,20 +113,22 @@ def load_personalized_pipeline(args):
     from common.adapters import load_lora, load_textual_inversion, read_lora, read_textual_inversion
     from common.device import pick_device
 
+    from common.base_model import describe, resolve_base
+
     device, dtype = pick_device(args.device)
+    base, where = resolve_base(args, device)
     # Adapter files are small: read and check them before spending a minute on the base model.
     lora_dir = None if str(args.lora_dir).lower() in ("", "none") else args.lora_dir
     lora = read_lora(lora_dir) if lora_dir is not None else None
     if args.ti_file:
         read_textual_inversion(args.ti_file)
-    base_model = resolve_model_id(str(args.base_model))
-    pipe = load_pipeline(base_model, device, dtype)
+    pipe = load_pipeline(where, device, dtype)
     adapters = []
     if lora_dir is not None:
         adapters.append(load_lora(pipe, lora, weight=args.lora_weight))
     if args.ti_file:
         adapters.append(load_textual_inversion(pipe, args.ti_file))
-    parts = [f"base model: {base_model}", f"device {device.type}",
+    parts = [describe(base, args.resolution), f"device {device.type}",
              str(dtype).removeprefix("torch.")] + [adapter.describe() for adapter in adapters]
     if not adapters:
         parts.append("no adapter (base model only)")

@@ -96,7 +96,7 @@ def expect_error(pipe, source, *words, loader=load_lora):
 
 def test_missing_folder_says_train_or_download(load_tiny_pipe, tmp_path):
     expect_error(load_tiny_pipe(), tmp_path / "nope", "exercise3b_train_lora.py", "adapter_config.json",
-                 "models/fabric_lora")
+                 f"into {tmp_path / 'nope'}/")
 
 
 def test_empty_folder(load_tiny_pipe, tmp_path):

@@ -1,0 +1,100 @@
+"""Which base model a run uses, and the defaults that follow from it.
+
+Two bases are built in:
+
+* `micro`: the repo's own small model (models/micro, 64 px), trained on a
+  procedural fabric world; it runs every exercise on a CPU in minutes.
+* Stable Diffusion 1.5 (`stable-diffusion-v1-5/stable-diffusion-v1-5`, 512 px),
+  the model the course and its release weights were made for.
+
+`--base-model auto` picks SD 1.5 where CUDA is available and micro elsewhere.
+The default resolution is the base's native size, and the default adapter
+folders are the base's own, so release weights for one base are never loaded
+into the other.
+"""
+
+import json
+from pathlib import Path
+
+from common.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+MICRO = "micro"
+MICRO_FOLDER = REPO / "models" / "micro"
+
+# Where each base's adapters live: the shipped (release) ones that Exercises 1, 2
+# and the morph load, and the folders the trainers write to.
+ADAPTER_FOLDERS = {
+    MICRO: {"release_lora": "models/micro_release/fabric_lora",
+            "trained_lora": "models/micro_trained/fabric_lora",
+            "trained_ti": "models/micro_trained/fabric_textual_inversion"},
+    SD15: {"release_lora": "models/fabric_lora",
+           "trained_lora": "models/fabric_lora",
+           "trained_ti": "models/fabric_textual_inversion"},
+}
+
+
+def choose_base(requested, device):
+    """'auto' -> SD 1.5 on CUDA, micro elsewhere; anything else as given."""
+    if requested == "auto":
+        return SD15 if device.type == "cuda" else MICRO
+    return requested
+
+
+def location(base):
+    """What from_pretrained should be given for `base`."""
+    if base == MICRO:
+        if not (MICRO_FOLDER / "model_index.json").is_file():
+            raise UserError(f"the micro model is missing from {MICRO_FOLDER}; restore it with git checkout, "
+                            "or rebuild it with python -m micro.pretrain")
+        return str(MICRO_FOLDER)
+    return base
+
+
+def describe(base, resolution):
+    if base == MICRO:
+        return (f"base model: micro (embedded, {resolution} px, CPU); for Stable Diffusion 1.5 use "
+                f"--base-model {SD15}")
+    return f"base model: {base}"
+
+
+def native_resolution(base_location):
+    """The image size a base was trained at: UNet sample size x VAE downscaling (512 for SD 1.5)."""
+    folder = Path(base_location)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError):
+        return 512
+
+
+def adapter_defaults(base):
+    """The base's adapter folders; a custom base model uses SD 1.5's names."""
+    return ADAPTER_FOLDERS.get(base, ADAPTER_FOLDERS[SD15])
+
+
+def resolve_base(args, device, role="release_lora"):
+    """Fill in the 'auto' values of args from the chosen base; returns (base name, location).
+
+    role names the adapter default that --lora-dir / --adapter-dir takes: 'release_lora'
+    for the generation scripts, 'trained_lora' or 'trained_ti' for trainers and comparisons.
+    """
+    from common.pipeline import resolve_model_id
+
+    base = choose_base(resolve_model_id(str(args.base_model)), device)
+    where = location(base)
+    if getattr(args, "resolution", None) is None:
+        args.resolution = native_resolution(where)
+    defaults = adapter_defaults(base)
+    for flag, key in (("lora_dir", role if role.endswith("lora") else "trained_lora"),
+                      ("adapter_dir", role), ("ti_file", "trained_ti")):
+        if str(getattr(args, flag, None)) == "auto":
+            value = defaults[key]
+            if flag == "ti_file":
+                value = f"{value}/learned_embeds.safetensors"
+            setattr(args, flag, value)
+    if hasattr(args, "adapter_dir"):
+        args.adapter_dir = Path(args.adapter_dir)
+    return base, where
