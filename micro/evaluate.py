@@ -1,0 +1,109 @@
+"""Measuring the micro model with the judge, as the DreamBooth paper measures SD with CLIP and DINO.
+
+* `base_report`: the base model on held-out (family, context, style)
+  combinations that pretraining never showed: how often the judge sees the
+  asked context, style, family and colours (chance is about 1 in 8).
+* `subject_report`: after DreamBooth, prompts with "sks" against the same
+  prompts without it and against the untouched base: judge-embedding
+  similarity to the training images (the DINO-score analogue), the share of
+  images the judge calls the subject's family, and context accuracy.
+
+    python -m micro.evaluate            # base report of models/micro, printed as JSON
+"""
+
+import json
+
+import numpy as np
+import torch
+
+from micro import world
+from micro.judge import COLOUR_STYLES, JUDGE_FAMILIES, load_judge, to_batch
+
+SUBJECT_CONTEXT_PROMPTS = {
+    "swatch": "a {s}, vibrant colors, high quality fabric swatch",
+    "dress": "a dress made of {s}",
+    "wallpaper": "{s} as wallpaper in a modern living room",
+    "handbag": "a handbag made of {s}, product photography",
+    "vase": "a ceramic vase decorated with {s}",
+    "basket": "a woven basket with {s}",
+    "cushion": "a cushion made of {s}",
+}
+
+
+def judged(judge, images):
+    with torch.no_grad():
+        embedding, outputs = judge(to_batch(images))
+    return embedding, {name: value for name, value in outputs.items()}
+
+
+def base_report(pipe, judge=None, count=112, seed=7, steps=30, guidance=7.5, batch_size=16):
+    from common.generation import generate
+
+    judge = judge or load_judge()
+    rng = np.random.default_rng(seed)
+    specs = [world.random_spec(rng, held_out_only=True) for _ in range(count)]
+    prompts = [world.caption(spec, rng, phrase=f"{spec['colours'][0]} and {spec['colours'][1]} "
+                             f"{world.FAMILY_WORDS[spec['family']]} fabric pattern") for spec in specs]
+    images = generate(pipe, prompts, list(range(count)), steps=steps, resolution=64, guidance=guidance,
+                      batch_size=batch_size, desc="judge: base model")
+    _, outputs = judged(judge, images)
+    hits = {"context": outputs["context"].argmax(1) == torch.tensor([world.CONTEXTS.index(s["context"]) for s in specs]),
+            "style": outputs["style"].argmax(1) == torch.tensor([world.STYLES.index(s["style"]) for s in specs]),
+            "family": outputs["family"].argmax(1) == torch.tensor([JUDGE_FAMILIES.index(s["family"]) for s in specs])}
+    colour_rows = [i for i, s in enumerate(specs) if s["style"] in COLOUR_STYLES]
+    top2 = outputs["colours"][colour_rows].topk(2, dim=1).indices.sort(1).values
+    truth = torch.tensor([sorted(world.COLOURS.index(c) for c in specs[i]["colours"]) for i in colour_rows])
+    # "Dominant colour": at least one of the two asked colours is among the judge's top two.
+    dominant = [(set(top2[r].tolist()) & set(truth[r].tolist())) != set() for r in range(len(colour_rows))]
+    report = {name: round(value.float().mean().item(), 3) for name, value in hits.items()}
+    report["dominant_colour"] = round(float(np.mean(dominant)), 3) if dominant else None
+    report["both_colours"] = round((top2 == truth).all(1).float().mean().item(), 3) if dominant else None
+    report["images"] = count
+    return report, images, prompts
+
+
+def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=30, guidance=7.5, lora=True):
+    """Judge numbers for 'sks' prompts with the LoRA, the same without 'sks', and the base with 'sks'."""
+    from common.generation import generate
+
+    judge = judge or load_judge()
+    reference, _ = judged(judge, instance_images)
+    reference = torch.nn.functional.normalize(reference.mean(0, keepdim=True), dim=1)
+    contexts = list(SUBJECT_CONTEXT_PROMPTS)
+    runs = {}
+    variants = [("lora_with_sks", "sks african fabric pattern", True),
+                ("lora_without_sks", "african fabric pattern", True),
+                ("base_with_sks", "sks african fabric pattern", False)]
+    for name, subject, adapter_on in variants:
+        if lora:
+            (pipe.unet.enable_adapters if adapter_on else pipe.unet.disable_adapters)()
+        prompts = [SUBJECT_CONTEXT_PROMPTS[c].format(s=subject) for c in contexts for _ in seeds]
+        all_seeds = [seed for _ in contexts for seed in seeds]
+        images = generate(pipe, prompts, all_seeds, steps=steps, resolution=64, guidance=guidance,
+                          batch_size=len(seeds) * 2, desc=f"judge: {name}")
+        embedding, outputs = judged(judge, images)
+        similarity = (torch.nn.functional.normalize(embedding, dim=1) @ reference.T).squeeze(1)
+        truth = torch.tensor([world.CONTEXTS.index(c) for c in contexts for _ in seeds])
+        runs[name] = {
+            "similarity_to_training_images": round(similarity.mean().item(), 3),
+            "judged_as_subject_family": round((outputs["family"].argmax(1) == JUDGE_FAMILIES.index("stars"))
+                                              .float().mean().item(), 3),
+            "context_accuracy": round((outputs["context"].argmax(1) == truth).float().mean().item(), 3),
+            "images": len(images),
+        }
+    if lora:
+        pipe.unet.enable_adapters()
+    return runs
+
+
+def main():
+    from common.base_model import MICRO_FOLDER
+    from common.pipeline import load_pipeline
+
+    pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
+    report, _, _ = base_report(pipe)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
