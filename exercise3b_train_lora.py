@@ -318,6 +318,22 @@ def main(argv=None):
         "cached_encoders": args.cache,
         "settings": settings,
     }
+    # -----------------------------------------------------------------------
+    # Step 7 (micro model only): did the lesson land? The judge compares "sks"
+    # pictures with the training images, with and without the token and the LoRA.
+    # -----------------------------------------------------------------------
+    from common.base_model import MICRO
+    from micro.judge import JUDGE_FILE
+
+    if args.base_model == MICRO and JUDGE_FILE.is_file():
+        from micro.evaluate import subject_report
+
+        unet.eval()
+        summary["judge"] = subject_report(pipe, instance_images, steps=args.steps, guidance=args.guidance)
+        for name, numbers in summary["judge"].items():
+            print(f"judge, {name}: similarity to training images {numbers['similarity_to_training_images']}, "
+                  f"judged as the subject {numbers['judged_as_subject_family']:.0%}, "
+                  f"context right {numbers['context_accuracy']:.0%}")
     save_json(summary, args.output_dir / "exercise3b_summary.json")
     print(f"wrote {args.adapter_dir} ({summary['lora_layers']} LoRA layers, scale {args.lora_alpha / args.rank}), "
           f"{args.output_dir / 'exercise3b_loss_curves.png'}, {args.output_dir / 'exercise3b_summary.json'}; "
