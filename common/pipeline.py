@@ -111,9 +111,8 @@ def load_personalized_pipeline(args):
     is written, so a mistake never leaves half an output folder behind.
     """
     from common.adapters import load_lora, load_textual_inversion, read_lora, read_textual_inversion
-    from common.device import pick_device
-
     from common.base_model import describe, resolve_base
+    from common.device import pick_device
 
     device, dtype = pick_device(args.device)
     base, where = resolve_base(args, device)

@@ -1,0 +1,81 @@
+"""The embedded micro model: its world, tokenizer, judge and the model itself."""
+
+import numpy as np
+import pytest
+import torch
+
+from common.base_model import MICRO_FOLDER
+from micro import world
+
+needs_model = pytest.mark.skipif(not (MICRO_FOLDER / "model_index.json").is_file(),
+                                 reason="models/micro not built yet (python -m micro.pretrain)")
+
+
+def test_world_is_deterministic_per_seed():
+    first, again, other = world.sample(6, seed=3), world.sample(6, seed=3), world.sample(6, seed=4)
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+    assert first[0][0].shape == (64, 64, 3) and first[0][0].dtype == np.uint8
+
+
+def test_world_covers_every_family_context_and_style():
+    specs = [spec for _, _, spec in world.sample(600, seed=0)]
+    assert {s["family"] for s in specs} == set(world.FAMILIES)
+    assert {s["context"] for s in specs} == set(world.CONTEXTS)
+    assert {s["style"] for s in specs} == set(world.STYLES)
+    assert not any(world.held_out(s) for s in specs)  # held-out combinations stay out of pretraining
+    assert "stars" not in {s["family"] for s in specs}  # the DreamBooth subject is never in the corpus
+
+
+def test_families_render_differently():
+    rng_seed = 5
+    base = {"colours": ("red", "yellow"), "context": "swatch", "style": "plain"}
+    renders = {family: world.render({**base, "family": family}, 64, rng_seed) for family in world.FAMILIES}
+    for a in world.FAMILIES:
+        for b in world.FAMILIES:
+            if a < b:
+                assert not np.array_equal(renders[a], renders[b]), (a, b)
+
+
+@needs_model
+def test_tokenizer_knows_every_exercise_word_but_sks():
+    from transformers import CLIPTokenizer
+
+    from micro.tokenizer import exercise_prompts
+
+    tokenizer = CLIPTokenizer.from_pretrained(MICRO_FOLDER / "tokenizer")
+    assert tokenizer.model_max_length == 77
+    for prompt in exercise_prompts():
+        for word in prompt.replace(",", " , ").replace("-", " - ").split():
+            pieces = tokenizer.tokenize(word)
+            if word == "sks":
+                assert len(pieces) > 1  # an unseen word falls back to rare pieces, as in CLIP
+            elif word != "<african-fabric>":
+                assert len(pieces) == 1, (word, pieces)
+
+
+@needs_model
+def test_micro_model_generates_real_images():
+    from common.generation import generate
+    from common.pipeline import load_pipeline
+
+    pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
+    images = generate(pipe, ["a dress made of red and yellow zigzag fabric pattern"] * 2, [0, 1], steps=10,
+                      resolution=64, guidance=7.5)
+    for image in images:
+        pixels = np.asarray(image, dtype=np.float32)
+        assert image.size == (64, 64)
+        assert np.isfinite(pixels).all() and pixels.std() > 10
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+    sizes = sum(p.stat().st_size for p in MICRO_FOLDER.rglob("*.safetensors"))
+    assert sizes <= 30 * 2 ** 20
+
+
+@pytest.mark.skipif(not __import__("micro.judge", fromlist=["JUDGE_FILE"]).JUDGE_FILE.is_file(),
+                    reason="judge not trained yet (python -m micro.judge)")
+def test_judge_is_accurate_on_fresh_images():
+    from micro.judge import accuracy, load_judge
+
+    scores = accuracy(load_judge(), count=256, seed=999)
+    for head, score in scores.items():
+        assert score >= 0.95, (head, score)
