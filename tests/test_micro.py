@@ -79,3 +79,25 @@ def test_judge_is_accurate_on_fresh_images():
     scores = accuracy(load_judge(), count=256, seed=999)
     for head, score in scores.items():
         assert score >= 0.95, (head, score)
+
+
+needs_judge = pytest.mark.skipif(not __import__("micro.judge", fromlist=["JUDGE_FILE"]).JUDGE_FILE.is_file(),
+                                 reason="judge not trained yet (python -m micro.judge)")
+
+
+@needs_model
+@needs_judge
+def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
+    import json
+
+    import exercise3b_train_lora as trainer
+    from tests.test_scripts import run_main
+
+    args = ["--base-model", "micro", "--adapter-dir", tmp_path / "lora", "--class-dir", tmp_path / "classes",
+            "--output-dir", tmp_path / "out", "--num-class-images", 8, "--max-train-steps", 150,
+            "--learning-rate", 3e-4, "--steps", 12, "--progress-every", 1000]
+    assert run_main(trainer, args) == 0
+    judge = json.loads((tmp_path / "out" / "exercise3b_summary.json").read_text())["judge"]
+    after = judge["lora_with_sks"]["similarity_to_training_images"]
+    before = judge["base_with_sks"]["similarity_to_training_images"]
+    assert after > before + 0.05, judge
