@@ -19,6 +19,10 @@ def atomic_write(path, write):
     os.close(handle)
     try:
         write(temp_name)
+        # mkstemp makes owner-only files; give the result the usual permissions (umask applies).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_name, 0o666 & ~umask)
         os.replace(temp_name, path)
     finally:
         if os.path.exists(temp_name):

@@ -8,7 +8,8 @@
   similarity to the training images (the DINO-score analogue), the share of
   images the judge calls the subject's family, and context accuracy.
 
-    python -m micro.evaluate            # base report of models/micro, printed as JSON
+    python -m micro.evaluate                                           # base report
+    python -m micro.evaluate --lora-dir models/micro_release/fabric_lora   # and the subject report
 """
 
 import json
@@ -97,11 +98,22 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
 
 
 def main():
-    from common.base_model import MICRO_FOLDER
-    from common.pipeline import load_pipeline
+    import argparse
 
+    from common.adapters import load_lora
+    from common.base_model import MICRO_FOLDER, REPO
+    from common.pipeline import load_pipeline
+    from common.training_images import load_training_images
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lora-dir", default=None, help="also report on this LoRA (subject report)")
+    args = parser.parse_args()
     pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
-    report, _, _ = base_report(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    report = {"base": base_report(pipe)[0]}
+    if args.lora_dir:
+        load_lora(pipe, args.lora_dir, adapter_name="default")
+        report["subject"] = subject_report(pipe, load_training_images(REPO / "training_images", 64))
     print(json.dumps(report, indent=2))
 
 
