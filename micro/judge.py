@@ -90,9 +90,11 @@ def losses(outputs, labels):
 
 
 def accuracy(judge, count=512, seed=12345):
-    """Per-head accuracy on `count` fresh images (colours: both top-2 colours right, where judged)."""
+    """Per-head accuracy on `count` fresh images, where judged for colours:
+    'colours' = the top colour is one of the two (the dominant colour is right),
+    'both_colours' = the top two are exactly the two."""
     rng = np.random.default_rng(seed)
-    correct = {name: 0 for name in ("family", "context", "style", "colours")}
+    correct = {name: 0 for name in ("family", "context", "style", "colours", "both_colours")}
     judged_colours = 0
     judge.eval()
     with torch.no_grad():
@@ -104,9 +106,10 @@ def accuracy(judge, count=512, seed=12345):
             mask = labels["has_colours"]
             top2 = outputs["colours"][mask].topk(2, dim=1).indices
             truth = labels["colours"][mask].topk(2, dim=1).indices
-            correct["colours"] += (top2.sort(1).values == truth.sort(1).values).all(1).sum().item()
+            correct["both_colours"] += (top2.sort(1).values == truth.sort(1).values).all(1).sum().item()
+            correct["colours"] += labels["colours"][mask].gather(1, top2[:, :1]).sum().item()
             judged_colours += int(mask.sum())
-    return {name: correct[name] / (judged_colours if name == "colours" else count) for name in correct}
+    return {name: correct[name] / (judged_colours if "colours" in name else count) for name in correct}
 
 
 def train(steps=1500, batch=64, seed=0):
