@@ -112,26 +112,34 @@ def accuracy(judge, count=512, seed=12345):
     return {name: correct[name] / (judged_colours if "colours" in name else count) for name in correct}
 
 
-def train(steps=1500, batch=64, seed=0):
+def labelled_batch_at(index, size, seed):
+    """Batch `index` of the judge's training stream: (images, labels, specs), seeded by (seed, index)."""
+    return labelled_batch(size, np.random.default_rng([seed, 5, index]))
+
+
+def train(steps=6000, batch=64, seed=0, device="cpu", workers=0):
+    from functools import partial
+
     from tqdm.auto import tqdm
 
+    from micro.pretrain import prefetch
+
     torch.manual_seed(seed)
-    judge = Judge()
+    judge = Judge().to(device)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    rng = np.random.default_rng(seed)
-    bar = tqdm(range(steps), desc="judge")
-    for _ in bar:
-        images, labels, _ = labelled_batch(batch, rng)
-        judge.train()
-        _, outputs = judge(images)
-        loss = losses(outputs, labels)
+    judge.train()
+    batches = prefetch(partial(labelled_batch_at, size=batch, seed=seed), range(steps), workers)
+    bar = tqdm(batches, total=steps, desc="judge")
+    for images, labels, _ in bar:
+        _, outputs = judge(images.to(device))
+        loss = losses(outputs, {name: value.to(device) for name, value in labels.items()})
         loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    return judge.eval()
+    return judge.cpu().eval()
 
 
 def load_judge(path=JUDGE_FILE):
@@ -143,13 +151,17 @@ def load_judge(path=JUDGE_FILE):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=0, help="processes drawing images ahead of training")
+    parser.add_argument("--output", type=Path, default=JUDGE_FILE)
     args = parser.parse_args()
     from common.saving import save_safetensors
 
-    judge = train(args.steps)
-    save_safetensors(judge.state_dict(), JUDGE_FILE)
+    judge = train(args.steps, device=args.device, workers=args.workers)
+    save_safetensors(judge.state_dict(), args.output)
     print({name: round(value, 4) for name, value in accuracy(judge).items()})
 
 

@@ -76,10 +76,9 @@ def test_judge_is_accurate_on_fresh_images():
     from micro.judge import accuracy, load_judge
 
     scores = accuracy(load_judge(), count=256, seed=999)
-    assert scores["context"] >= 0.95 and scores["style"] >= 0.95, scores
-    # The issue asks 0.95 of every head; the shipped judge measures 0.91 (family) and 0.92
-    # (dominant colour) on 512 images (README). These floors guard against a worse judge.
-    assert scores["family"] >= 0.85 and scores["colours"] >= 0.85, scores
+    # the issue asks 0.95 of every head (colours: the dominant one); README has the 512-image numbers
+    for head in ("family", "context", "style", "colours"):
+        assert scores[head] >= 0.95, scores
 
 
 @needs_model
@@ -97,3 +96,65 @@ def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
     after = judge["lora_with_sks"]["similarity_to_training_images"]
     before = judge["base_with_sks"]["similarity_to_training_images"]
     assert after > before + 0.02, json.dumps(judge)  # measured: 0.486 -> 0.517
+
+
+def test_world_batches_drawn_in_worker_processes_match_inline_ones():
+    from functools import partial
+
+    from micro.pretrain import prefetch, world_batch
+
+    draw = partial(world_batch, "vae", size=3, seed=11)
+    inline = list(prefetch(draw, range(4), workers=0))
+    in_workers = list(prefetch(draw, range(4), workers=2, depth=2))
+    assert [specs for _, specs in inline] == [specs for _, specs in in_workers]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(inline, in_workers))
+    assert not np.array_equal(inline[0][0], inline[1][0])  # each batch index draws other images
+
+
+def _pretrain_args(tmp_path, **changes):
+    import argparse
+
+    args = dict(seed=0, vae_batch=2, vae_steps=2, decoder_steps=2, workers=0, work_dir=tmp_path / "work",
+                outputs_dir=tmp_path / "outputs")
+    return argparse.Namespace(**{**args, **changes})
+
+
+def test_decoder_stage_changes_the_decoder_and_keeps_the_latents(tmp_path):
+    from micro import pretrain
+
+    args = _pretrain_args(tmp_path)
+    vae = pretrain.train_vae(args, torch.device("cpu"))
+    tuned = pretrain.train_decoder(args, torch.device("cpu"))
+    before, after = vae.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert (tmp_path / "outputs" / "micro_pretraining_decoder_loss.png").is_file()
+
+
+def test_pretraining_loop_resumes_exactly_and_refuses_other_settings(tmp_path):
+    from common.errors import UserError
+    from micro.pretrain import run_stage
+
+    def train(folder, stop_at=None, steps=6):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+
+        def loss_fn(batch, update, generator):
+            if update == stop_at:
+                raise KeyboardInterrupt
+            return (model(batch) - torch.randn(4, 2, generator=generator)).pow(2).mean()
+
+        batches = lambda start: (torch.randn(4, 3, generator=torch.Generator().manual_seed(i))  # noqa: E731
+                                 for i in range(start, steps))
+        return run_stage(folder, [model], steps, 0.1, batches, loss_fn, seed=0, ema_decay=0.9,
+                         plot_dir=tmp_path, checkpoint_every=2)
+
+    straight = train(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "stopped", stop_at=3)
+    assert [p.name for p in (tmp_path / "stopped").glob("checkpoint-*")] == ["checkpoint-2"]
+    resumed = train(tmp_path / "stopped")
+    assert straight.keys() == resumed.keys() and len(straight) == 2  # the averaged weight and bias
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    with pytest.raises(UserError, match="delete"):
+        train(tmp_path / "stopped", steps=8)
