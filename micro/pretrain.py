@@ -376,7 +376,7 @@ def assemble(args, tokenizer, device):
     save_figure(figure, args.outputs_dir / "micro_pretraining_samples.png")
 
 
-def main():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "assemble"], default="all")
@@ -391,14 +391,18 @@ def main():
     parser.add_argument("--text-width", type=int, default=64)
     parser.add_argument("--text-layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when available")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes drawing world images ahead of the trainer (0: in the trainer; "
                              "worth it only with cores to spare, as beside a GPU)")
     parser.add_argument("--work-dir", type=Path, default=WORK, help="checkpoints and caches")
     parser.add_argument("--out-dir", type=Path, default=OUT, help="the assembled diffusers folder")
     parser.add_argument("--outputs-dir", type=Path, default=REPO / "outputs", help="loss curves and samples")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     from transformers import CLIPTokenizer
 
     from common.pipeline import quiet_libraries
