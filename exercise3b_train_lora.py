@@ -206,7 +206,7 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     images_by_role = {"instance": instance_images}
     if args.prior_preservation:
-        folder = class_image_folder(args.class_dir, base_model, args.class_prompt, args.resolution)
+        folder = class_image_folder(args.class_dir, where, args.class_prompt, args.resolution)
         with accelerator.main_process_first():
             images_by_role["class"] = ensure_class_images(
                 pipe, folder, args.class_prompt, args.num_class_images, args.resolution,

@@ -3,7 +3,10 @@
 DreamBooth's prior images must come from the *unmodified* model: they record
 what "a fabric pattern" meant before fine-tuning. Drawing 100 of them costs
 minutes, so they are cached in a folder keyed by base model, prompt and
-resolution, and only missing or damaged ones are drawn again.
+resolution, and only missing or damaged ones are drawn again. A local base
+model also keys the cache by its weight files (size and time written), so a
+retrained model, such as a re-pretrained micro model, never reuses the old
+model's pictures as its prior.
 """
 
 import hashlib
@@ -15,8 +18,17 @@ from common.generation import generate
 from common.saving import save_image
 
 
+def _weights_stamp(base_model):
+    folder = Path(base_model)
+    if not folder.is_dir():
+        return ""  # a hub id: its name is the key
+    files = sorted(folder.glob("*/*.safetensors")) + sorted(folder.glob("*/*.bin"))
+    return "|".join(f"{path.relative_to(folder)}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
+
+
 def class_image_folder(root, base_model, prompt, resolution):
-    key = hashlib.sha256(f"{base_model}|{prompt}|{resolution}".encode()).hexdigest()[:12]
+    """The cache folder for (base model, prompt, resolution); `base_model` is a hub id or a local folder."""
+    key = hashlib.sha256(f"{base_model}|{_weights_stamp(base_model)}|{prompt}|{resolution}".encode()).hexdigest()[:12]
     slug = "_".join("".join(c if c.isalnum() else " " for c in prompt.lower()).split())[:40]
     return Path(root) / f"{slug}_{resolution}px_{key}"
 

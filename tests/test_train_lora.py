@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,18 @@ def test_nan_loss_stops_and_keeps_checkpoints(tiny_pipeline_dir, instance_dir, t
             capsys, "nan", "--learning-rate")
     assert (tmp_path / "lora" / "checkpoint-2" / "trainable.safetensors").read_bytes() == saved
     assert not (tmp_path / "lora" / "checkpoint-4").exists()
+
+
+def test_class_image_cache_follows_the_base_models_weights(tiny_pipeline_dir, tmp_path):
+    import os
+
+    from common.class_images import class_image_folder
+
+    before = class_image_folder(tmp_path, str(tiny_pipeline_dir), "a fabric pattern", 32)
+    assert class_image_folder(tmp_path, str(tiny_pipeline_dir), "a fabric pattern", 32) == before
+    weights = next(Path(tiny_pipeline_dir).glob("unet/*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # as a retrained model is rewritten
+    assert class_image_folder(tmp_path, str(tiny_pipeline_dir), "a fabric pattern", 32) != before
+    # a hub id has no local files: its name alone keys the cache
+    assert class_image_folder(tmp_path, "org/model", "a", 32) == class_image_folder(tmp_path, "org/model", "a", 32)
