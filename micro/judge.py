@@ -117,7 +117,7 @@ def labelled_batch_at(index, size, seed):
     return labelled_batch(size, np.random.default_rng([seed, 5, index]))
 
 
-def train(steps=6000, batch=64, seed=0, device="cpu", workers=0):
+def train(steps=8000, batch=64, seed=0, device="cpu", workers=0):
     from functools import partial
 
     from tqdm.auto import tqdm
@@ -153,7 +153,7 @@ def load_judge(path=JUDGE_FILE):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when available")
     parser.add_argument("--workers", type=int, default=0, help="processes drawing images ahead of training")
     parser.add_argument("--output", type=Path, default=JUDGE_FILE)

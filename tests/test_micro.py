@@ -95,7 +95,7 @@ def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
     judge = json.loads((tmp_path / "out" / "exercise3b_summary.json").read_text())["judge"]
     after = judge["lora_with_sks"]["similarity_to_training_images"]
     before = judge["base_with_sks"]["similarity_to_training_images"]
-    assert after > before + 0.02, json.dumps(judge)  # measured: 0.486 -> 0.517
+    assert after > before + 0.05, json.dumps(judge)  # measured: 0.329 -> 0.451
 
 
 def test_world_batches_drawn_in_worker_processes_match_inline_ones():
