@@ -21,6 +21,7 @@ command on a GPU trains on the same images as on a CPU.
 import argparse
 import collections
 import multiprocessing
+import textwrap
 import time
 from functools import partial
 from pathlib import Path
@@ -371,7 +372,7 @@ def assemble(args, tokenizer, device):
     pipe.set_progress_bar_config(disable=True)
     images = generate(pipe, prompts, [0] * len(prompts), steps=30, resolution=64, guidance=7.5,
                       batch_size=len(prompts), desc="samples")
-    figure = labelled_grid(images, [p if len(p) < 40 else p[:38] + "…" for p in prompts], cols=4,
+    figure = labelled_grid(images, [textwrap.fill(prompt, 30) for prompt in prompts], cols=4,
                            suptitle="micro model after pretraining (seed 0, 30 steps, guidance 7.5)")
     save_figure(figure, args.outputs_dir / "micro_pretraining_samples.png")
 
