@@ -157,12 +157,17 @@ def build_parser():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda when available")
     parser.add_argument("--workers", type=int, default=0, help="processes drawing images ahead of training")
     parser.add_argument("--output", type=Path, default=JUDGE_FILE)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing judge at --output")
     return parser
 
 
-def main():
-    args = build_parser().parse_args()
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from common.errors import UserError
     from common.saving import save_safetensors
+
+    if args.output.is_file() and not args.overwrite:
+        raise UserError(f"{args.output} exists; pass --overwrite to replace it, or --output to write elsewhere")
 
     judge = train(args.steps, device=args.device, workers=args.workers)
     save_safetensors(judge.state_dict(), args.output)
@@ -170,4 +175,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import run_script
+
+    run_script(main)

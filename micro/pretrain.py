@@ -398,17 +398,23 @@ def build_parser():
                              "worth it only with cores to spare, as beside a GPU)")
     parser.add_argument("--work-dir", type=Path, default=WORK, help="checkpoints and caches")
     parser.add_argument("--out-dir", type=Path, default=OUT, help="the assembled diffusers folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --out-dir")
     parser.add_argument("--outputs-dir", type=Path, default=REPO / "outputs", help="loss curves and samples")
     return parser
 
 
-def main():
-    args = build_parser().parse_args()
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     from transformers import CLIPTokenizer
 
+    from common.errors import UserError
     from common.pipeline import quiet_libraries
 
     quiet_libraries()
+    if args.stage in ("all", "assemble") and (args.out_dir / "model_index.json").is_file() and not args.overwrite:
+        # checked before hours of training, not after
+        raise UserError(f"{args.out_dir} already holds a model; pass --overwrite to replace it, or --out-dir "
+                        "to write elsewhere (git checkout models/micro restores the shipped one)")
     device = torch.device(args.device)
     tokenizer_dir = args.work_dir / "tokenizer"
     if args.stage in ("all", "tokenizer") or not (tokenizer_dir / "tokenizer.json").is_file():
@@ -428,4 +434,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import run_script
+
+    run_script(main)
