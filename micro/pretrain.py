@@ -210,6 +210,12 @@ def make_unet(channels, text_width):
     return UNet2DConditionModel(**unet_config(channels, text_width))
 
 
+def fresh_images(stage, steps, args):
+    """batches(start) for run_stage: world batches start..steps-1 of `stage`, never seen before."""
+    return lambda start: prefetch(partial(world_batch, stage, size=args.vae_batch, seed=args.seed),
+                                  range(start, steps), args.workers)
+
+
 def train_vae(args, device):
     vae = make_vae().to(device)
 
@@ -222,12 +228,8 @@ def train_vae(args, device):
         # L1 keeps edges (dots, stripes) sharper than MSE alone
         return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + 1e-4 * kl
 
-    def batches(start):
-        return prefetch(partial(world_batch, "vae", size=args.vae_batch, seed=args.seed),
-                        range(start, args.vae_steps), args.workers)
-
-    run_stage(args.work_dir / "vae", [vae], args.vae_steps, 1e-3, batches, loss_fn, args.seed,
-              settings={"batch": args.vae_batch}, plot_dir=args.outputs_dir)
+    run_stage(args.work_dir / "vae", [vae], args.vae_steps, 1e-3, fresh_images("vae", args.vae_steps, args),
+              loss_fn, args.seed, settings={"batch": args.vae_batch}, plot_dir=args.outputs_dir)
     return vae
 
 
@@ -235,8 +237,9 @@ def train_decoder(args, device):
     """Sharpen the decoder alone, as Stability did for SD's ft-MSE decoder: the encoder, and so the
     latents the UNet learns from, stay exactly as they are; only the pictures made from them improve.
 
-    An L1 loss on image gradients rewards edges: without it a 4x4-pixel diamond decodes as a
-    round dot, which changes the pattern family.
+    An L1 loss on image gradients rewards edges, so that a 4x4-pixel diamond is less often decoded
+    as a round dot (which changes the pattern family). Measured: the judge recognises the family
+    of 67% of reconstructions after this stage, 64% before; diamonds are still mostly dots.
     """
     vae = load_final([make_vae()], args.work_dir / "vae")[0].to(device)
     vae.encoder.requires_grad_(False)
@@ -252,11 +255,8 @@ def train_decoder(args, device):
         edges = sum(F.l1_loss(reconstruction.diff(dim=axis), images.diff(dim=axis)) for axis in (-1, -2))
         return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + edges
 
-    def batches(start):
-        return prefetch(partial(world_batch, "decoder", size=args.vae_batch, seed=args.seed),
-                        range(start, args.decoder_steps), args.workers)
-
-    run_stage(args.work_dir / "decoder", [vae], args.decoder_steps, 5e-4, batches, loss_fn, args.seed,
+    run_stage(args.work_dir / "decoder", [vae], args.decoder_steps, 5e-4,
+              fresh_images("decoder", args.decoder_steps, args), loss_fn, args.seed,
               settings={"batch": args.vae_batch}, plot_dir=args.outputs_dir)
     return vae
 
