@@ -6,7 +6,8 @@
 * `subject_report`: after DreamBooth, prompts with "sks" against the same
   prompts without it and against the untouched base: judge-embedding
   similarity to the training images (the DINO-score analogue), the share of
-  images the judge calls the subject's family, and context accuracy.
+  images the judge calls the subject's family, and context accuracy; and the
+  base model on both, as the reference for "without sks nothing changed".
 
     python -m micro.evaluate                                           # base report
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora   # and the subject report
@@ -64,7 +65,11 @@ def base_report(pipe, judge=None, count=112, seed=7, steps=30, guidance=7.5, bat
 
 
 def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=30, guidance=7.5, lora=True):
-    """Judge numbers for 'sks' prompts with the LoRA, the same without 'sks', and the base with 'sks'."""
+    """Judge numbers for 'sks' prompts and the same prompts without 'sks', with the LoRA and without.
+
+    The lesson holds when 'lora_with_sks' is far from 'base_with_sks' (the subject was
+    learned) while 'lora_without_sks' stays near 'base_without_sks' (only the identifier
+    carries it: no language drift)."""
     from common.generation import generate
 
     judge = judge or load_judge()
@@ -74,7 +79,8 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
     runs = {}
     variants = [("lora_with_sks", "sks african fabric pattern", True),
                 ("lora_without_sks", "african fabric pattern", True),
-                ("base_with_sks", "sks african fabric pattern", False)]
+                ("base_with_sks", "sks african fabric pattern", False),
+                ("base_without_sks", "african fabric pattern", False)]
     for name, subject, adapter_on in variants:
         if lora:
             (pipe.unet.enable_adapters if adapter_on else pipe.unet.disable_adapters)()

@@ -96,11 +96,24 @@ def test_resume_continues_exactly(tiny_pipeline_dir, instance_dir, tmp_path):
     assert (split / "out" / "exercise3b_loss_curves.png").is_file()
 
 
-def test_saved_lora_loads_the_same_through_every_loader(tiny_pipeline_dir, instance_dir, tmp_path):
+def test_auto_lora_targets_follow_the_base_model():
+    args = trainer.parse_args([])
+    args.base_model = "micro"  # what resolve_base names the embedded model
+    assert {"conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"} == set(trainer.lora_targets(args))
+    args.base_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert trainer.lora_targets(args) == ["to_q", "to_k", "to_v", "to_out.0"]
+    args = trainer.parse_args(["--lora-targets", "attn2.to_k", "attn2.to_v"])
+    args.base_model = "micro"
+    assert trainer.lora_targets(args) == ["attn2.to_k", "attn2.to_v"]
+
+
+@pytest.mark.parametrize("targets", [[], trainer.MICRO_LORA_TARGETS], ids=["attention", "attention+convolutions"])
+def test_saved_lora_loads_the_same_through_every_loader(tiny_pipeline_dir, instance_dir, tmp_path, targets):
     from tests.test_adapters import unet_output
 
+    extra = ["--lora-targets", *targets] if targets else []
     assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2,
-                                        "--progress-every", 1)) == 0
+                                        "--progress-every", 1, *extra)) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "training_progress_lora").iterdir()) == \
         ["step_00001.png", "step_00002.png"]
     config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
@@ -116,7 +129,11 @@ def test_saved_lora_loads_the_same_through_every_loader(tiny_pipeline_dir, insta
         else:
             pipe.load_lora_weights(str(tmp_path / "lora"), adapter_name="fabric")
             layers = injected_lora_layers(pipe, "fabric")
-            assert len(layers) == 32 and {float(layer.scaling["fabric"]) for layer in layers} == {8.0}
+            # a LoRA on a Conv2d (the micro model's ResNets) loads as one as well
+            convolutions = [layer for layer in layers if isinstance(layer.base_layer, torch.nn.Conv2d)]
+            assert len(layers) == 32 + len(convolutions)
+            assert bool(convolutions) == bool(targets)
+            assert {float(layer.scaling["fabric"]) for layer in layers} == {8.0}
         outputs.append(unet_output(pipe))
     assert torch.equal(outputs[0], outputs[1])
 
