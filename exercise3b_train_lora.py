@@ -7,7 +7,8 @@ caption "a sks african fabric pattern". Two ideas make it work:
 
 * LoRA. The UNet's attention projections stay frozen; beside each one sits a
   pair of small matrices (B @ A, rank 4) whose product is added to it. Only
-  those train: 797k numbers for SD 1.5 instead of 860 million.
+  those train: 797k numbers for SD 1.5 instead of 860 million. (On the micro
+  model the ResNet convolutions get such a pair too: see LORA_TARGETS.)
 * Prior preservation. Every update also trains on images that the untouched
   base model drew for "a fabric pattern". Their loss keeps the class word
   meaning what it meant, so the model learns "sks" without forgetting fabric.
