@@ -38,7 +38,7 @@ import torch
 
 from common.base_model import MICRO
 from common.cli import make_parser, non_negative_float, positive_float, positive_int
-from common.errors import run_script
+from common.errors import UserError, run_script
 from common.latent_cache import LatentCache, noisy_batch
 
 # ---------------------------------------------------------------------------
@@ -110,6 +110,15 @@ def lora_targets(args):
     if args.lora_targets != ["auto"]:
         return args.lora_targets
     return MICRO_LORA_TARGETS if args.base_model == MICRO else LORA_TARGETS
+
+
+def check_lora_targets(unet, targets):
+    """Refuse target names that match no UNet module (PEFT's suffix rule), before any image is drawn."""
+    names = [name for name, _ in unet.named_modules()]
+    unknown = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    if unknown:
+        raise UserError(f"--lora-targets {' '.join(unknown)} matches no module of this UNet; "
+                        f"try the default (auto) or names such as {' '.join(LORA_TARGETS)}")
 
 
 def fingerprint(args, num_instance_images):
@@ -218,6 +227,7 @@ def main(argv=None):
     base_model = args.base_model
     pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
+    check_lora_targets(pipe.unet, lora_targets(args))
 
     # -----------------------------------------------------------------------
     # Step 3: class images, drawn by the base model before it changes.

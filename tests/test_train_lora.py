@@ -156,6 +156,12 @@ def test_missing_and_empty_instance_folder(tiny_pipeline_dir, tmp_path, capsys):
     refused(train_args(tiny_pipeline_dir, tmp_path / "empty", tmp_path), capsys, "no images")
 
 
+def test_unknown_lora_target_is_named(tiny_pipeline_dir, instance_dir, tmp_path, capsys):
+    refused(train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--lora-targets", "to_q", "nosuchlayer"),
+            capsys, "nosuchlayer", "matches no module")
+    assert not (tmp_path / "classes").exists() and not (tmp_path / "lora").exists()
+
+
 def test_corrupt_image_is_named(tiny_pipeline_dir, instance_dir, tmp_path, capsys):
     folder = tmp_path / "images"
     shutil.copytree(instance_dir, folder)
