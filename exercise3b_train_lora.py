@@ -53,6 +53,9 @@ CLASS_PROMPT = "a fabric pattern"
 # training images, base 0.475): attention only 0.504, attention + convolutions 0.680.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 MICRO_LORA_TARGETS = LORA_TARGETS + ["conv1", "conv2"]
+# With --train-text-encoder, the text encoder's attention gets LoRA matrices too
+# (diffusers' choice of modules), so that "sks" can come to mean something of its own.
+TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 PROGRESS_PROMPTS = [
     "a sks african fabric pattern",
     "a beautiful dress made of sks african fabric pattern, fashion photography",
@@ -60,7 +63,9 @@ PROGRESS_PROMPTS = [
     "a fabric pattern",  # the class prompt: it should stay generic
 ]
 PROGRESS_SEEDS = [1000, 1001, 1002, 1003]
-PEFT_FILES = ["adapter_model.safetensors", "adapter_config.json", "pytorch_lora_weights.safetensors"]
+# what a run writes into --adapter-dir (text_encoder/ only with --train-text-encoder)
+ADAPTER_FILES = ["adapter_model.safetensors", "adapter_config.json", "pytorch_lora_weights.safetensors",
+                 "text_encoder"]
 
 
 def parse_args(argv=None):
@@ -83,6 +88,9 @@ def parse_args(argv=None):
     train.add_argument("--lora-targets", nargs="+", default=["auto"],
                        help="UNet module names the LoRA adapts (PEFT suffix match); auto: "
                             f"{' '.join(LORA_TARGETS)} on SD 1.5, and also conv1 conv2 on micro")
+    train.add_argument("--train-text-encoder", action="store_true",
+                       help="also train a LoRA in the text encoder's attention, so that the identifier gets "
+                            "a meaning of its own and prompts without it change less")
     train.add_argument("--lora-alpha", type=positive_float, default=32,
                        help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release)")
     train.add_argument("--train-batch-size", type=positive_int, default=1,
@@ -124,7 +132,8 @@ def check_lora_targets(unet, targets):
 def fingerprint(args, num_instance_images):
     """The settings that must match for a resume to continue the same training."""
     return {"base_model": str(args.base_model), "resolution": args.resolution, "rank": args.rank,
-            "lora_alpha": args.lora_alpha, "lora_targets": lora_targets(args), "learning_rate": args.learning_rate,
+            "lora_alpha": args.lora_alpha, "lora_targets": lora_targets(args),
+            "train_text_encoder": args.train_text_encoder, "learning_rate": args.learning_rate,
             "instance_prompt": args.instance_prompt, "class_prompt": args.class_prompt,
             "prior_preservation": args.prior_preservation, "prior_loss_weight": args.prior_loss_weight,
             "train_batch_size": args.train_batch_size, "flip": args.flip, "seed": args.seed,
@@ -139,40 +148,56 @@ def encode_prompt(pipe, prompt, device):
     return pipe.text_encoder(ids)[0]
 
 
-class FrozenEncoders:
-    """The VAE and text encoder never change here, so by default their outputs
-    are computed once: image latents (common/latent_cache.py) and the embedding
-    of both prompts. With cache=False both run on every update, as in the
-    original course; the numbers are the same, only slower.
+class Encoders:
+    """The VAE never changes here, so by default its latents of the training
+    images are computed once (common/latent_cache.py); so are the embeddings of
+    both prompts, unless the text encoder trains (then they change every update).
+    With cache=False both run on every update, as in the original course; the
+    numbers are the same, only slower.
     """
 
-    def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, device, dtype):
-        self.pipe, self.prompts, self.cache, self.device = pipe, prompts_by_role, cache, device
+    def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, train_text_encoder, device, dtype):
+        self.pipe, self.prompts, self.device = pipe, prompts_by_role, device
+        self.train_text_encoder = train_text_encoder
         self.images = LatentCache(pipe.vae, images_by_role, flip, cache, device, dtype)
-        if cache:
+        self.embeddings = None
+        if cache and not train_text_encoder:
             with torch.no_grad():
                 self.embeddings = {role: encode_prompt(pipe, prompt, device) for role, prompt in prompts_by_role.items()}
 
-    @torch.no_grad()
     def embedding(self, role, count):
-        embedding = self.embeddings[role] if self.cache else encode_prompt(self.pipe, self.prompts[role], self.device)
+        if self.embeddings is not None:
+            embedding = self.embeddings[role]
+        else:
+            with torch.set_grad_enabled(self.train_text_encoder):
+                embedding = encode_prompt(self.pipe, self.prompts[role], self.device)
         return embedding.expand(count, -1, -1)
 
 
-def add_lora(unet, args):
-    """Put rank-r LoRA matrices beside the target modules (`lora_targets`); return (config, trainable parameters).
+def add_lora(unet, text_encoder, args):
+    """Put rank-r LoRA matrices beside the target modules (`lora_targets`, and the text
+    encoder's attention with --train-text-encoder).
 
-    B starts at zero, so the adapted UNet starts out exactly equal to the base.
+    Returns ({"unet": config[, "text_encoder": config]}, trainable parameters by name).
+    B starts at zero, so the adapted models start out exactly equal to the base.
     """
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    lora_config = LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
-                             target_modules=lora_targets(args))
+    models = {"unet": (unet, lora_targets(args))}
+    if args.train_text_encoder:
+        models["text_encoder"] = (text_encoder, TEXT_ENCODER_LORA_TARGETS)
+    configs, trainable = {}, {}
     torch.manual_seed(args.seed)  # the LoRA's random A matrices
-    unet.add_adapter(lora_config)
-    cast_training_params(unet, dtype=torch.float32)  # trainable weights stay fp32 under mixed precision
-    return lora_config, {name: p for name, p in unet.named_parameters() if p.requires_grad}
+    for role, (model, targets) in models.items():
+        configs[role] = LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
+                                   target_modules=targets)
+        model.add_adapter(configs[role])
+        cast_training_params(model, dtype=torch.float32)  # trainable weights stay fp32 under mixed precision
+        # the UNet's names stay bare, so checkpoints read as they always did
+        prefix = "" if role == "unet" else role + "."
+        trainable.update({prefix + name: p for name, p in model.named_parameters() if p.requires_grad})
+    return configs, trainable
 
 
 def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_preservation, prior_loss_weight):
@@ -217,7 +242,7 @@ def main(argv=None):
     args.base_model, where = resolve_base(args, device, role="trained_lora")
     instance_images = load_training_images(args.instance_dir, args.resolution)
     settings = fingerprint(args, len(instance_images))
-    checkpoint = prepare_run(args, settings, PEFT_FILES)
+    checkpoint = prepare_run(args, settings, ADAPTER_FILES)
 
     # -----------------------------------------------------------------------
     # Step 2: Accelerate decides where each process runs (one CPU, one GPU, or
@@ -245,9 +270,9 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
-    encoders = FrozenEncoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": args.class_prompt},
-                              args.flip, args.cache, device, weight_dtype)
-    lora_config, trainable = add_lora(pipe.unet, args)
+    encoders = Encoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": args.class_prompt},
+                        args.flip, args.cache, args.train_text_encoder, device, weight_dtype)
+    lora_configs, trainable = add_lora(pipe.unet, pipe.text_encoder, args)
     unet = pipe.unet
     if device.type == "cuda":
         unet.enable_gradient_checkpointing()
@@ -255,6 +280,9 @@ def main(argv=None):
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if args.train_text_encoder:
+        pipe.text_encoder = accelerator.prepare(pipe.text_encoder)
+    trained_models = [unet] + ([pipe.text_encoder] if args.train_text_encoder else [])
 
     # One generator draws images, flips, noise and timesteps: saving its state
     # is what makes a resume continue exactly where training stopped.
@@ -278,10 +306,12 @@ def main(argv=None):
     def save_progress_grid(update):
         if not accelerator.is_main_process:
             return
-        unet.eval()
+        for model in trained_models:
+            model.eval()
         images = generate(pipe, PROGRESS_PROMPTS, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
                           guidance=args.guidance, batch_size=len(PROGRESS_PROMPTS), desc="progress grid")
-        unet.train()
+        for model in trained_models:
+            model.train()
         save_figure(labelled_grid(images, PROGRESS_PROMPTS, cols=4, suptitle=f"after {update} updates"),
                     args.output_dir / "training_progress_lora" / f"step_{update:05d}.png")
 
@@ -289,7 +319,8 @@ def main(argv=None):
     # Step 5: the training loop. One iteration = one optimizer update.
     # -----------------------------------------------------------------------
     started = time.perf_counter()
-    unet.train()
+    for model in trained_models:
+        model.train()
     update = first_update
     bar = tqdm(range(first_update, args.max_train_steps), initial=first_update, total=args.max_train_steps,
                desc="LoRA updates", disable=not accelerator.is_main_process)
@@ -330,8 +361,10 @@ def main(argv=None):
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    lora_state = get_peft_model_state_dict(accelerator.unwrap_model(unet))
-    sizes = save_lora(args.adapter_dir, lora_state, lora_config, base_model)
+    lora_states = {"unet": get_peft_model_state_dict(accelerator.unwrap_model(unet))}
+    if args.train_text_encoder:
+        lora_states["text_encoder"] = get_peft_model_state_dict(accelerator.unwrap_model(pipe.text_encoder))
+    sizes = save_lora(args.adapter_dir, lora_states, lora_configs, base_model)
     plot_loss_curves(history, args.output_dir / "exercise3b_loss_curves.png",
                      f"DreamBooth LoRA: {len(history['total'])} optimizer updates")
     summary = {
@@ -340,7 +373,8 @@ def main(argv=None):
         "seconds_per_update": round(seconds / len(history["total"]), 4),
         "final_smoothed_loss": {name: round(smooth(values)[-1], 5) for name, values in history.items() if values},
         "file_bytes": sizes,
-        "lora_layers": sum(1 for key in lora_state if ".lora_A." in key),
+        "lora_layers": sum(1 for state in lora_states.values() for key in state if ".lora_A." in key),
+        "text_encoder_lora_layers": sum(1 for key in lora_states.get("text_encoder", {}) if ".lora_A." in key),
         "device": device.type,
         "mixed_precision": mixed_precision,
         "cached_encoders": args.cache,
@@ -355,7 +389,8 @@ def main(argv=None):
     if args.base_model == MICRO and JUDGE_FILE.is_file():
         from micro.evaluate import subject_report
 
-        unet.eval()
+        for model in trained_models:
+            model.eval()
         summary["judge"] = subject_report(pipe, instance_images, steps=args.steps, guidance=args.guidance)
         for name, numbers in summary["judge"].items():
             print(f"judge, {name}: similarity to training images {numbers['similarity_to_training_images']}, "

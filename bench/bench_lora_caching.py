@@ -45,9 +45,9 @@ def measure(args):
     images = [Image.new("RGB", (args.resolution, args.resolution), (i * 20, 100, 200 - i * 20)) for i in range(10)]
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
-    encoders = trainer.FrozenEncoders(pipe, {"instance": images, "class": images}, {
+    encoders = trainer.Encoders(pipe, {"instance": images, "class": images}, {
         "instance": trainer.INSTANCE_PROMPT, "class": trainer.CLASS_PROMPT}, True, args.mode == "cached",
-        device, dtype)
+        False, device, dtype)
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=32, init_lora_weights="gaussian",
                                      target_modules=trainer.LORA_TARGETS))
     for parameter in pipe.unet.parameters():

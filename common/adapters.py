@@ -4,7 +4,8 @@ Three file kinds come out of DreamBooth-style training:
 
 1. a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors, keys
    `base_model.model.<module>.lora_A.weight`), which is what the course's
-   release and `peft.PeftModel.save_pretrained` write;
+   release and `peft.PeftModel.save_pretrained` write; a text-encoder LoRA,
+   where one was trained, sits in the same format in its text_encoder/ subfolder;
 2. diffusers' own `pytorch_lora_weights.safetensors` (keys `unet.<module>...`),
    written by diffusers' training scripts and by exercise3b;
 3. a textual-inversion embedding, `learned_embeds.safetensors` ({token: vector}).
@@ -29,6 +30,7 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 PEFT_PREFIX = "base_model.model."
+TEXT_ENCODER_FOLDER = "text_encoder"
 
 
 @dataclasses.dataclass
@@ -164,6 +166,7 @@ class LoraFile:
     location: Path
     state_dict: dict
     config_kwargs: dict = None  # PEFT's LoraConfig arguments (kind "peft" only)
+    text_encoder: "LoraFile" = None  # the PEFT text_encoder/ subfolder, where there is one
 
 
 def read_lora(path):
@@ -172,7 +175,10 @@ def read_lora(path):
     if kind == "peft":
         state_dict = read_safetensors(location / PEFT_WEIGHTS)
         state_dict = {key.removeprefix(PEFT_PREFIX): value for key, value in state_dict.items()}
-        return LoraFile(str(path), kind, location, state_dict, peft_lora_config_kwargs(location))
+        text_encoder = None
+        if (location / TEXT_ENCODER_FOLDER / PEFT_WEIGHTS).is_file():
+            text_encoder = read_lora(location / TEXT_ENCODER_FOLDER)
+        return LoraFile(str(path), kind, location, state_dict, peft_lora_config_kwargs(location), text_encoder)
     return LoraFile(str(path), kind, location, read_safetensors(location))
 
 
@@ -188,6 +194,8 @@ def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
         # which diffusers would otherwise guess as alpha = r (1/8 strength for the release).
         pipe.unet.load_lora_adapter(lora.state_dict, prefix=None, metadata=lora.config_kwargs,
                                     adapter_name=adapter_name)
+        if lora.text_encoder is not None:
+            load_text_encoder_lora(pipe, lora.text_encoder, adapter_name)
     else:
         unet_part = {k.removeprefix("unet."): v for k, v in lora.state_dict.items() if k.startswith("unet.")}
         check_lora_fits(pipe.unet, unet_part, lora.source)
@@ -200,6 +208,8 @@ def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
                             f"{str(error).splitlines()[0][:160]}") from None
 
     expected = count_file_lora_layers(lora.state_dict)
+    if lora.text_encoder is not None:
+        expected += count_file_lora_layers(lora.text_encoder.state_dict)
     layers = injected_lora_layers(pipe, adapter_name)
     if not layers or len(layers) < expected:
         raise UserError(f"only {len(layers)} of the {expected} LoRA layers in {lora.source} were loaded into the "
@@ -208,6 +218,24 @@ def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
         pipe.set_adapters([adapter_name], adapter_weights=[weight])
     scales = sorted({float(layer.scaling[adapter_name]) for layer in layers})
     return LoadedAdapter("LoRA", lora.source, layers=len(layers), scale=scales[-1])
+
+
+def load_text_encoder_lora(pipe, lora, adapter_name):
+    """A PEFT-format text-encoder LoRA into pipe.text_encoder, at its own lora_alpha / r.
+
+    diffusers' loader expects keys and metadata under a "text_encoder." prefix (its own
+    file's layout), so the PEFT folder's are given one.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        StableDiffusionPipeline.load_lora_into_text_encoder(
+            {f"{TEXT_ENCODER_FOLDER}.{key}": value for key, value in lora.state_dict.items()}, network_alphas=None,
+            text_encoder=pipe.text_encoder, adapter_name=adapter_name, _pipeline=pipe,
+            metadata={f"{TEXT_ENCODER_FOLDER}.{key}": value for key, value in lora.config_kwargs.items()})
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise UserError(f"{lora.source} could not be loaded into this base model's text encoder: "
+                        f"{str(error).splitlines()[0][:160]}") from None
 
 
 def read_textual_inversion(path):

@@ -83,7 +83,8 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
                 ("base_without_sks", "african fabric pattern", False)]
     for name, subject, adapter_on in variants:
         if lora:
-            (pipe.unet.enable_adapters if adapter_on else pipe.unet.disable_adapters)()
+            # the pipeline's switch covers a text-encoder LoRA as well as the UNet's
+            (pipe.enable_lora if adapter_on else pipe.disable_lora)()
         prompts = [SUBJECT_CONTEXT_PROMPTS[c].format(s=subject) for c in contexts for _ in seeds]
         all_seeds = [seed for _ in contexts for seed in seeds]
         images = generate(pipe, prompts, all_seeds, steps=steps, resolution=64, guidance=guidance,
@@ -99,7 +100,7 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
             "images": len(images),
         }
     if lora:
-        pipe.unet.enable_adapters()
+        pipe.enable_lora()
     return runs
 
 

@@ -30,7 +30,7 @@ def predicted_adapter(args, gradients_of_ranks, tiny_pipeline_dir):
     from common.pipeline import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
-    _, trainable = trainer.add_lora(pipe.unet, args)
+    _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
     mean = {name: sum(g[name] for g in gradients_of_ranks) / len(gradients_of_ranks) for name in trainable}
     norm = torch.sqrt(sum((g ** 2).sum() for g in mean.values()))
     clip = min(1.0, 1.0 / (norm.item() + 1e-6))
@@ -53,10 +53,10 @@ def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
                                   steps=args.steps, guidance=args.guidance)  # drawn by the run: read back
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
-    encoders = trainer.FrozenEncoders(pipe, {"instance": images, "class": classes},
-                                      {"instance": args.instance_prompt, "class": args.class_prompt},
-                                      args.flip, args.cache, torch.device("cpu"), torch.float32)
-    _, trainable = trainer.add_lora(pipe.unet, args)
+    encoders = trainer.Encoders(pipe, {"instance": images, "class": classes},
+                                {"instance": args.instance_prompt, "class": args.class_prompt},
+                                args.flip, args.cache, False, torch.device("cpu"), torch.float32)
+    _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     gradients = []
     for rank in ranks:

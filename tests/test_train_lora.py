@@ -40,9 +40,9 @@ def prepared(tiny_pipeline_dir, instance_dir, cache, flip=True):
 
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
     images = load_training_images(instance_dir, 32)
-    encoders = trainer.FrozenEncoders(pipe, {"instance": images, "class": images[::-1]},
-                                      {"instance": "a sks african fabric pattern", "class": "a fabric pattern"},
-                                      flip, cache, torch.device("cpu"), torch.float32)
+    encoders = trainer.Encoders(pipe, {"instance": images, "class": images[::-1]},
+                                {"instance": "a sks african fabric pattern", "class": "a fabric pattern"},
+                                flip, cache, False, torch.device("cpu"), torch.float32)
     torch.manual_seed(0)
     pipe.unet.requires_grad_(False)
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=32, init_lora_weights="gaussian",
@@ -138,6 +138,65 @@ def test_saved_lora_loads_the_same_through_every_loader(tiny_pipeline_dir, insta
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_text_encoder_lora_trains_and_loads_the_same_through_every_loader(tiny_pipeline_dir, instance_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from common.pipeline import load_pipeline
+    from tests.test_adapters import unet_output
+
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 3,
+                                        "--learning-rate", 1e-2, "--train-text-encoder")) == 0
+    summary = json.loads((tmp_path / "out" / "exercise3b_summary.json").read_text())
+    text_encoder_file = load_file(str(tmp_path / "lora" / "text_encoder" / "adapter_model.safetensors"))
+    layers = sum(1 for key in text_encoder_file if ".lora_A." in key)
+    assert layers > 0 and summary["text_encoder_lora_layers"] == layers
+    assert summary["lora_layers"] == 32 + layers
+    diffusers_keys = load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors")).keys()
+    assert sum(1 for key in diffusers_keys if key.startswith("text_encoder.") and ".lora_A." in key) == layers
+
+    prompt = trainer.INSTANCE_PROMPT
+    base = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        base_embedding = trainer.encode_prompt(base, prompt, torch.device("cpu"))
+    embeddings, unet_outputs = [], []
+    for how in ("repo loader", "plain diffusers"):
+        pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+        if how == "repo loader":
+            assert load_lora(pipe, tmp_path / "lora").layers == 32 + layers
+        else:
+            pipe.load_lora_weights(str(tmp_path / "lora"), adapter_name="fabric")
+        text_layers = [m for m in injected_lora_layers(pipe, "fabric")
+                       if any(m is module for module in pipe.text_encoder.modules())]
+        assert len(text_layers) == layers and {float(m.scaling["fabric"]) for m in text_layers} == {8.0}
+        with torch.no_grad():
+            embeddings.append(trainer.encode_prompt(pipe, prompt, torch.device("cpu")))
+        unet_outputs.append(unet_output(pipe))
+    # the text encoder learned something, and both loaders put the same thing in place
+    assert not torch.allclose(embeddings[0], base_embedding, atol=1e-4)
+    assert torch.equal(embeddings[0], embeddings[1]) and torch.equal(unet_outputs[0], unet_outputs[1])
+
+
+def test_text_encoder_embeddings_are_computed_with_gradients_when_it_trains(tiny_pipeline_dir, instance_dir):
+    from common.pipeline import load_pipeline
+    from common.training_images import load_training_images
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    images = load_training_images(instance_dir, 32)
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        model.requires_grad_(False)
+    args = trainer.parse_args(["--train-text-encoder"])
+    args.lora_targets = trainer.LORA_TARGETS
+    _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
+    assert any(name.startswith("text_encoder.") for name in trainable)
+    prompts = {"instance": "a sks african fabric pattern"}
+    frozen = trainer.Encoders(pipe, {"instance": images}, prompts, False, True, False, torch.device("cpu"),
+                              torch.float32)
+    training = trainer.Encoders(pipe, {"instance": images}, prompts, False, True, True, torch.device("cpu"),
+                                torch.float32)
+    assert not frozen.embedding("instance", 2).requires_grad
+    assert training.embedding("instance", 2).requires_grad
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 def refused(args, capsys, *words):
@@ -209,6 +268,8 @@ def test_damaged_class_images_are_drawn_again(tiny_pipeline_dir, tmp_path):
 def test_existing_adapter_is_never_overwritten_silently(tiny_pipeline_dir, instance_dir, tmp_path, capsys,
                                                        tiny_lora_dir):
     shutil.copytree(tiny_lora_dir, tmp_path / "lora")
+    # an earlier run's text-encoder LoRA must not be left to load beside the new UNet LoRA
+    shutil.copytree(tiny_lora_dir, tmp_path / "lora" / "text_encoder")
     original = (tmp_path / "lora" / "adapter_model.safetensors").read_bytes()
     refused(train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1), capsys, "--overwrite")
     assert (tmp_path / "lora" / "adapter_model.safetensors").read_bytes() == original
@@ -216,6 +277,8 @@ def test_existing_adapter_is_never_overwritten_silently(tiny_pipeline_dir, insta
                                         "--overwrite")) == 0
     backups = list((tmp_path / "lora").glob("backup-*/adapter_model.safetensors"))
     assert len(backups) == 1 and backups[0].read_bytes() == original
+    assert not (tmp_path / "lora" / "text_encoder").exists()
+    assert (backups[0].parent / "text_encoder" / "adapter_model.safetensors").is_file()
 
 
 def test_resume_with_other_settings_is_refused(tiny_pipeline_dir, instance_dir, tmp_path, capsys):

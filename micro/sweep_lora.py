@@ -1,0 +1,112 @@
+"""Run exercise3b on the micro model under several settings and seeds, side by side, and tabulate the judge.
+
+One training run is one draw: the LoRA's random start and the images each update
+sees depend on --seed, and the judge's numbers move by a few hundredths between
+seeds. A setting is better only if it wins across seeds, so each one runs once
+per seed and the table gives the mean and the spread.
+
+    python -m micro.sweep_lora                                  # every setting, seeds 0 1 2, one run at a time
+    python -m micro.sweep_lora --device cuda --parallel 8       # on a GPU, eight runs at once
+    python -m micro.sweep_lora --settings default text-encoder --seeds 0
+
+The class images are drawn once into --class-dir before the runs start, so that
+parallel runs never draw the same cache at the same time.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# exercise3b flags of each setting (on top of its defaults)
+SETTINGS = {
+    "default": [],
+    "text-encoder": ["--train-text-encoder"],
+    "text-encoder, attention only": ["--train-text-encoder", "--lora-targets", "to_q", "to_k", "to_v", "to_out.0"],
+    "text-encoder, class 'an african fabric pattern'": ["--train-text-encoder", "--class-prompt",
+                                                        "an african fabric pattern"],
+    "text-encoder, prior weight 3": ["--train-text-encoder", "--prior-loss-weight", "3"],
+    "text-encoder, class 'an african fabric pattern', prior weight 3": [
+        "--train-text-encoder", "--class-prompt", "an african fabric pattern", "--prior-loss-weight", "3"],
+    "text-encoder, 1600 updates": ["--train-text-encoder", "--max-train-steps", "1600"],
+}
+
+
+def run_one(name, flags, seed, args, scratch):
+    folder = scratch / f"{name.replace(' ', '_').replace(',', '').replace(chr(39), '')}-seed{seed}"
+    command = [sys.executable, str(REPO / "exercise3b_train_lora.py"), "--base-model", "micro",
+               "--device", args.device, "--mixed-precision", "no", "--seed", str(seed),
+               "--output-dir", str(folder), "--adapter-dir", str(folder / "lora"), "--class-dir", str(args.class_dir),
+               "--progress-every", "100000", "--checkpoint-every", "100000",
+               "--max-train-steps", str(args.max_train_steps), *flags]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO)
+    if result.returncode != 0:
+        return name, seed, {"error": (result.stderr or result.stdout).strip().splitlines()[-1:]}
+    summary = json.loads((folder / "exercise3b_summary.json").read_text())
+    numbers = {f"{variant} {key}": value for variant, judged in summary["judge"].items()
+               for key, value in judged.items() if key != "images"}
+    numbers["seconds"] = summary["wall_seconds"]
+    return name, seed, numbers
+
+
+def tabulate(results):
+    """{setting: {number: 'mean ± sd'}} over the seeds that ran."""
+    table = {}
+    for name in dict.fromkeys(name for name, _, _ in results):
+        runs = [numbers for n, _, numbers in results if n == name and "error" not in numbers]
+        if not runs:
+            continue
+        table[name] = {key: (f"{statistics.mean(r[key] for r in runs):.3f} ± {statistics.pstdev(r[key] for r in runs):.3f}"
+                             if len(runs) > 1 else f"{runs[0][key]:.3f}") for key in runs[0]}
+        table[name]["seeds"] = len(runs)
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING",
+                        help=f"which of: {'; '.join(SETTINGS)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-train-steps", type=int, default=800, help="updates per run (exercise3b's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument("--class-dir", type=Path, default=REPO / "models" / "class_images")
+    parser.add_argument("--output", type=Path, default=REPO / "outputs" / "lora_sweep.json")
+    args = parser.parse_args(argv)
+
+    jobs = [(name, SETTINGS[name], seed) for name in args.settings for seed in args.seeds]
+    with tempfile.TemporaryDirectory(prefix="lora-sweep-") as scratch:
+        scratch = Path(scratch)
+        # Draw each class prompt's images once, before runs share the cache: a
+        # one-update run per class prompt does exactly that.
+        class_prompts = {flags[flags.index("--class-prompt") + 1] if "--class-prompt" in flags else None
+                         for _, flags, _ in jobs}
+        for number, prompt in enumerate(sorted(class_prompts, key=str)):
+            warm = ["--max-train-steps", "1"] + (["--class-prompt", prompt] if prompt else [])
+            _, _, numbers = run_one(f"class-images-{number}", warm, 0, args, scratch)
+            if "error" in numbers:
+                raise SystemExit(f"drawing class images failed: {numbers['error']}")
+        with ThreadPoolExecutor(args.parallel) as pool:
+            results = []
+            for name, seed, numbers in pool.map(lambda job: run_one(job[0], job[1], job[2], args, scratch), jobs):
+                print(f"{name}, seed {seed}: {numbers}", flush=True)
+                results.append((name, seed, numbers))
+    report = {"device": args.device, "seeds": args.seeds, "table": tabulate(results),
+              "runs": [{"setting": n, "seed": s, **numbers} for n, s, numbers in results]}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["table"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
