@@ -28,7 +28,13 @@ Run it
 ------
     python exercise3b_train_lora.py                           # 800 updates, 100 class images
     python exercise3b_train_lora.py --resume latest           # continue after Ctrl-C
+    python exercise3b_train_lora.py --train-text-encoder      # LoRA on the text encoder too
     accelerate launch exercise3b_train_lora.py                # several GPUs or machines
+
+Try it: generate "a dress made of african fabric pattern" (no "sks") after
+training. If it shows your fabric too, the adapter leaked past the identifier
+(language drift); the README measures how far, and what --train-text-encoder
+and several --class-prompt values change.
 """
 
 import time
@@ -73,7 +79,8 @@ def parse_args(argv=None):
     data = parser.add_argument_group("data")
     data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
     data.add_argument("--instance-prompt", default=INSTANCE_PROMPT, help="caption of every instance image")
-    data.add_argument("--class-prompt", default=CLASS_PROMPT, help="what the base model draws as the prior")
+    data.add_argument("--class-prompt", nargs="+", default=[CLASS_PROMPT],
+                      help="what the base model draws as the prior; several prompts share the class images")
     data.add_argument("--class-dir", type=Path, default=Path("models/class_images"),
                       help="cache of class images (a subfolder per base model, prompt and resolution)")
     data.add_argument("--num-class-images", type=positive_int, default=100, help="class images for the prior")
@@ -110,7 +117,11 @@ def parse_args(argv=None):
     out.add_argument("--overwrite", action="store_true",
                      help="replace an adapter already in --adapter-dir (the old files are moved to a backup)")
     parser.set_defaults(seed=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prior_preservation and args.num_class_images < len(args.class_prompt):
+        parser.error(f"--num-class-images {args.num_class_images} is fewer than the "
+                     f"{len(args.class_prompt)} class prompts; give each prompt at least one image")
+    return args
 
 
 def lora_targets(args):
@@ -142,7 +153,7 @@ def fingerprint(args, num_instance_images):
 
 
 def encode_prompt(pipe, prompt, device):
-    """CLIP's last hidden states for one prompt: what the UNet's cross-attention reads."""
+    """CLIP's last hidden states for a prompt (or a list): what the UNet's cross-attention reads."""
     ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(device)
     return pipe.text_encoder(ids)[0]
@@ -151,27 +162,43 @@ def encode_prompt(pipe, prompt, device):
 class Encoders:
     """The VAE never changes here, so by default its latents of the training
     images are computed once (common/latent_cache.py); so are the embeddings of
-    both prompts, unless the text encoder trains (then they change every update).
+    the prompts, unless the text encoder trains (then they change every update).
     With cache=False both run on every update, as in the original course; the
     numbers are the same, only slower.
+
+    `prompts_by_role` gives each role one caption for all its images, or a list
+    with one caption per image (class images drawn from several class prompts).
     """
 
     def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, train_text_encoder, device, dtype):
-        self.pipe, self.prompts, self.device = pipe, prompts_by_role, device
+        self.pipe, self.device = pipe, device
         self.train_text_encoder = train_text_encoder
         self.images = LatentCache(pipe.vae, images_by_role, flip, cache, device, dtype)
+        self.prompts, self.prompt_of_image = {}, {}
+        for role, images in images_by_role.items():
+            captions = prompts_by_role[role]
+            captions = [captions] * len(images) if isinstance(captions, str) else list(captions)
+            if len(captions) != len(images):
+                raise ValueError(f"{role}: {len(captions)} captions for {len(images)} images")
+            self.prompts[role] = list(dict.fromkeys(captions))  # distinct, in order of first use
+            self.prompt_of_image[role] = torch.tensor([self.prompts[role].index(c) for c in captions])
         self.embeddings = None
         if cache and not train_text_encoder:
             with torch.no_grad():
-                self.embeddings = {role: encode_prompt(pipe, prompt, device) for role, prompt in prompts_by_role.items()}
+                self.embeddings = {role: self._encode(role) for role in self.prompts}
 
-    def embedding(self, role, count):
+    def _encode(self, role):
+        return encode_prompt(self.pipe, self.prompts[role], self.device)
+
+    def draw(self, role, batch_size, generator):
+        """`batch_size` latents of `role`'s images and the embeddings of their captions."""
+        latents, indices = self.images.draw_with_indices(role, batch_size, generator)
         if self.embeddings is not None:
-            embedding = self.embeddings[role]
+            embeddings = self.embeddings[role]
         else:
             with torch.set_grad_enabled(self.train_text_encoder):
-                embedding = encode_prompt(self.pipe, self.prompts[role], self.device)
-        return embedding.expand(count, -1, -1)
+                embeddings = self._encode(role)
+        return latents, embeddings[self.prompt_of_image[role][indices].to(embeddings.device)]
 
 
 def add_lora(unet, text_encoder, args):
@@ -209,8 +236,8 @@ def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_
 
     roles = ["instance", "class"] if prior_preservation else ["instance"]
     # Instances first, then class images: one UNet pass serves both halves.
-    latents = torch.cat([encoders.images.draw(role, batch_size, generator) for role in roles])
-    embeddings = torch.cat([encoders.embedding(role, batch_size) for role in roles])
+    latents, embeddings = (torch.cat(parts) for parts in zip(*(encoders.draw(role, batch_size, generator)
+                                                               for role in roles)))
     noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator)
     prediction = unet(noisy, timesteps, embeddings).sample
     return prior_preservation_loss(prediction, target, batch_size, prior_loss_weight)
@@ -223,7 +250,7 @@ def main(argv=None):
     from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
 
-    from common.class_images import class_image_folder, ensure_class_images
+    from common.class_images import class_image_folder, ensure_class_images, shares
     from common.device import pick_device
     from common.generation import generate
     from common.grids import labelled_grid
@@ -259,18 +286,20 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     images_by_role = {"instance": instance_images}
     if args.prior_preservation:
-        folder = class_image_folder(args.class_dir, where, args.class_prompt, args.resolution)
-        with accelerator.main_process_first():
-            images_by_role["class"] = ensure_class_images(
-                pipe, folder, args.class_prompt, args.num_class_images, args.resolution,
-                steps=args.steps, guidance=args.guidance, batch_size=4)
+        images_by_role["class"], class_captions = [], []
+        for prompt, count in zip(args.class_prompt, shares(args.num_class_images, len(args.class_prompt))):
+            folder = class_image_folder(args.class_dir, where, prompt, args.resolution)
+            with accelerator.main_process_first():
+                images_by_role["class"] += ensure_class_images(pipe, folder, prompt, count, args.resolution,
+                                                               steps=args.steps, guidance=args.guidance, batch_size=4)
+            class_captions += [prompt] * count
 
     # -----------------------------------------------------------------------
     # Step 4: freeze everything, then add the LoRA matrices; only they train.
     # -----------------------------------------------------------------------
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
-    encoders = Encoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": args.class_prompt},
+    encoders = Encoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": class_captions},
                         args.flip, args.cache, args.train_text_encoder, device, weight_dtype)
     lora_configs, trainable = add_lora(pipe.unet, pipe.text_encoder, args)
     unet = pipe.unet

@@ -54,3 +54,8 @@ def ensure_class_images(pipe, folder, prompt, count, resolution, *, steps, guida
         for index, image in zip(missing, images):
             save_image(image, paths[index])
     return [Image.open(path).convert("RGB") for path in paths]
+
+
+def shares(count, prompts):
+    """How many of `count` class images each of `prompts` class prompts draws: as even as possible."""
+    return [count // prompts + (index < count % prompts) for index in range(prompts)]

@@ -38,6 +38,10 @@ class LatentCache:
 
     def draw(self, role, batch_size, generator):
         """Pick `batch_size` images of `role` (mirrored at random when flips are on) and sample their latents."""
+        return self.draw_with_indices(role, batch_size, generator)[0]
+
+    def draw_with_indices(self, role, batch_size, generator):
+        """As draw, and also which images were picked (to pair each with its own caption)."""
         indices = torch.randint(0, self.sizes[role], (batch_size,), generator=generator)
         flips = (torch.rand(batch_size, generator=generator) < 0.5) & self.flip
         means, stds = [], []
@@ -53,7 +57,7 @@ class LatentCache:
                 stds.append(std)
             mean, std = torch.cat(means), torch.cat(stds)
             sample = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
-        return sample * self.vae.config.scaling_factor
+        return sample * self.vae.config.scaling_factor, indices
 
 
 def noisy_batch(noise_scheduler, latents, generator):

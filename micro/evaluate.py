@@ -97,6 +97,9 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
             "judged_as_subject_family": round((outputs["family"].argmax(1) == JUDGE_FAMILIES.index("stars"))
                                               .float().mean().item(), 3),
             "context_accuracy": round((outputs["context"].argmax(1) == truth).float().mean().item(), 3),
+            # the leak past the identifier differs by context (a swatch is not a vase), so each is shown
+            "similarity_by_context": {c: round(similarity[i * len(seeds):(i + 1) * len(seeds)].mean().item(), 3)
+                                      for i, c in enumerate(contexts)},
             "images": len(images),
         }
     if lora:

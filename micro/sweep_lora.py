@@ -39,6 +39,15 @@ SETTINGS = {
 }
 
 
+def class_prompts_of(flags):
+    """The --class-prompt values in a setting's flags (None: exercise3b's default)."""
+    if "--class-prompt" not in flags:
+        return None
+    rest = flags[flags.index("--class-prompt") + 1:]
+    ends = [i for i, flag in enumerate(rest) if flag.startswith("--")]
+    return tuple(rest[:ends[0]] if ends else rest)
+
+
 def run_one(name, flags, seed, args, scratch):
     folder = scratch / f"{name.replace(' ', '_').replace(',', '').replace(chr(39), '')}-seed{seed}"
     command = [sys.executable, str(REPO / "exercise3b_train_lora.py"), "--base-model", "micro",
@@ -51,8 +60,13 @@ def run_one(name, flags, seed, args, scratch):
     if result.returncode != 0:
         return name, seed, {"error": (result.stderr or result.stdout).strip().splitlines()[-1:]}
     summary = json.loads((folder / "exercise3b_summary.json").read_text())
-    numbers = {f"{variant} {key}": value for variant, judged in summary["judge"].items()
-               for key, value in judged.items() if key != "images"}
+    numbers = {}
+    for variant, judged in summary["judge"].items():
+        for key, value in judged.items():
+            if isinstance(value, dict):  # similarity_by_context: one number per context
+                numbers.update({f"{variant} similarity {context}": v for context, v in value.items()})
+            elif key != "images":
+                numbers[f"{variant} {key}"] = value
     numbers["seconds"] = summary["wall_seconds"]
     return name, seed, numbers
 
@@ -89,10 +103,9 @@ def main(argv=None):
         scratch = Path(scratch)
         # Draw each class prompt's images once, before runs share the cache: a
         # one-update run per class prompt does exactly that.
-        class_prompts = {flags[flags.index("--class-prompt") + 1] if "--class-prompt" in flags else None
-                         for _, flags, _ in jobs}
-        for number, prompt in enumerate(sorted(class_prompts, key=str)):
-            warm = ["--max-train-steps", "1"] + (["--class-prompt", prompt] if prompt else [])
+        class_prompts = {class_prompts_of(flags) for _, flags, _ in jobs}
+        for number, prompts in enumerate(sorted(class_prompts, key=str)):
+            warm = ["--max-train-steps", "1"] + (["--class-prompt", *prompts] if prompts else [])
             _, _, numbers = run_one(f"class-images-{number}", warm, 0, args, scratch)
             if "error" in numbers:
                 raise SystemExit(f"drawing class images failed: {numbers['error']}")

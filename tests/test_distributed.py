@@ -48,13 +48,14 @@ def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
 
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
     images = load_training_images(instance_dir, args.resolution)
-    folder = class_image_folder(args.class_dir, str(tiny_pipeline_dir), args.class_prompt, args.resolution)
-    classes = ensure_class_images(pipe, folder, args.class_prompt, args.num_class_images, args.resolution,
+    (class_prompt,) = args.class_prompt
+    folder = class_image_folder(args.class_dir, str(tiny_pipeline_dir), class_prompt, args.resolution)
+    classes = ensure_class_images(pipe, folder, class_prompt, args.num_class_images, args.resolution,
                                   steps=args.steps, guidance=args.guidance)  # drawn by the run: read back
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
     encoders = trainer.Encoders(pipe, {"instance": images, "class": classes},
-                                {"instance": args.instance_prompt, "class": args.class_prompt},
+                                {"instance": args.instance_prompt, "class": class_prompt},
                                 args.flip, args.cache, False, torch.device("cpu"), torch.float32)
     _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -193,8 +193,30 @@ def test_text_encoder_embeddings_are_computed_with_gradients_when_it_trains(tiny
                               torch.float32)
     training = trainer.Encoders(pipe, {"instance": images}, prompts, False, True, True, torch.device("cpu"),
                                 torch.float32)
-    assert not frozen.embedding("instance", 2).requires_grad
-    assert training.embedding("instance", 2).requires_grad
+    generator = torch.Generator().manual_seed(0)
+    assert not frozen.draw("instance", 2, generator)[1].requires_grad
+    assert training.draw("instance", 2, generator)[1].requires_grad
+
+
+def test_each_class_image_is_paired_with_the_prompt_that_drew_it(tiny_pipeline_dir, instance_dir):
+    """Several --class-prompt values share the class images; each image must train with its own caption."""
+    from common.pipeline import load_pipeline
+    from common.training_images import load_training_images
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    images = load_training_images(instance_dir, 32)
+    captions = ["a fabric pattern", "a dress made of african fabric pattern"] * (len(images) // 2)
+    encoders = trainer.Encoders(pipe, {"class": images}, {"class": captions}, False, True, False,
+                                torch.device("cpu"), torch.float32)
+    _, embeddings = encoders.draw("class", 16, torch.Generator().manual_seed(3))
+    _, picked = encoders.images.draw_with_indices("class", 16, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = torch.cat([trainer.encode_prompt(pipe, captions[i], torch.device("cpu")) for i in picked])
+    assert len(set(picked.tolist())) > 2 and {captions[i] for i in picked} == set(captions)
+    torch.testing.assert_close(embeddings, expected)
+    with pytest.raises(ValueError, match="captions"):
+        trainer.Encoders(pipe, {"class": images}, {"class": captions[:3]}, False, True, False,
+                         torch.device("cpu"), torch.float32)
 
 
 # --- bad input ---------------------------------------------------------------------------------
