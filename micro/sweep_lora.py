@@ -7,7 +7,7 @@ per seed and the table gives the mean and the spread.
 
     python -m micro.sweep_lora                                  # every setting, seeds 0 1 2, one run at a time
     python -m micro.sweep_lora --device cuda --parallel 8       # on a GPU, eight runs at once
-    python -m micro.sweep_lora --settings default text-encoder --seeds 0
+    python -m micro.sweep_lora --settings "unet attention" "text encoder + unet attention (micro default)" --seeds 0
 
 The class images are drawn once into --class-dir before the runs start, so that
 parallel runs never draw the same cache at the same time.
@@ -25,17 +25,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# exercise3b flags of each setting (on top of its defaults)
+# exercise3b flags of each setting, spelled out so that a change of defaults does not change them
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+CONVOLUTIONS = ATTENTION + ["conv1", "conv2"]
 SETTINGS = {
-    "default": [],
-    "text-encoder": ["--train-text-encoder"],
-    "text-encoder, attention only": ["--train-text-encoder", "--lora-targets", "to_q", "to_k", "to_v", "to_out.0"],
-    "text-encoder, class 'an african fabric pattern'": ["--train-text-encoder", "--class-prompt",
-                                                        "an african fabric pattern"],
-    "text-encoder, prior weight 3": ["--train-text-encoder", "--prior-loss-weight", "3"],
-    "text-encoder, class 'an african fabric pattern', prior weight 3": [
-        "--train-text-encoder", "--class-prompt", "an african fabric pattern", "--prior-loss-weight", "3"],
-    "text-encoder, 1600 updates": ["--train-text-encoder", "--max-train-steps", "1600"],
+    "unet attention": ["--no-train-text-encoder", "--lora-targets", *ATTENTION],
+    "unet attention + convolutions": ["--no-train-text-encoder", "--lora-targets", *CONVOLUTIONS],
+    "text encoder + unet attention (micro default)": ["--train-text-encoder", "--lora-targets", *ATTENTION],
+    "text encoder + unet attention + convolutions": ["--train-text-encoder", "--lora-targets", *CONVOLUTIONS],
+    "text encoder + unet attention, class 'an african fabric pattern'": [
+        "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern"],
+    "text encoder + unet attention, class prompts in four contexts": [
+        "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern",
+        "a dress made of african fabric pattern", "a ceramic vase decorated with african fabric pattern",
+        "a cushion made of african fabric pattern"],
+    "text encoder + unet attention, 1600 updates": [
+        "--train-text-encoder", "--lora-targets", *ATTENTION, "--max-train-steps", "1600"],
 }
 
 

@@ -96,18 +96,21 @@ def test_resume_continues_exactly(tiny_pipeline_dir, instance_dir, tmp_path):
     assert (split / "out" / "exercise3b_loss_curves.png").is_file()
 
 
-def test_auto_lora_targets_follow_the_base_model():
+def test_text_encoder_training_follows_the_base_model_unless_asked():
     args = trainer.parse_args([])
     args.base_model = "micro"  # what resolve_base names the embedded model
-    assert {"conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"} == set(trainer.lora_targets(args))
+    assert trainer.text_encoder_trains(args) is True
     args.base_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert trainer.lora_targets(args) == ["to_q", "to_k", "to_v", "to_out.0"]
-    args = trainer.parse_args(["--lora-targets", "attn2.to_k", "attn2.to_v"])
-    args.base_model = "micro"
-    assert trainer.lora_targets(args) == ["attn2.to_k", "attn2.to_v"]
+    assert trainer.text_encoder_trains(args) is False  # diffusers' default
+    for flag, expected in (("--train-text-encoder", True), ("--no-train-text-encoder", False)):
+        for base in ("micro", "stable-diffusion-v1-5/stable-diffusion-v1-5"):
+            args = trainer.parse_args([flag])
+            args.base_model = base
+            assert trainer.text_encoder_trains(args) is expected
 
 
-@pytest.mark.parametrize("targets", [[], trainer.MICRO_LORA_TARGETS], ids=["attention", "attention+convolutions"])
+@pytest.mark.parametrize("targets", [[], trainer.LORA_TARGETS + ["conv1", "conv2"]],
+                         ids=["attention", "attention+convolutions"])
 def test_saved_lora_loads_the_same_through_every_loader(tiny_pipeline_dir, instance_dir, tmp_path, targets):
     from tests.test_adapters import unet_output
 
