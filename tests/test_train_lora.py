@@ -246,6 +246,20 @@ def test_unknown_lora_target_is_named(tiny_pipeline_dir, instance_dir, tmp_path,
     assert not (tmp_path / "classes").exists() and not (tmp_path / "lora").exists()
 
 
+def test_more_class_prompts_than_class_images_is_refused_in_one_line(capsys):
+    from common.class_images import shares
+
+    assert shares(100, 3) == [34, 33, 33] and shares(4, 4) == [1, 1, 1, 1]
+    with pytest.raises(SystemExit):
+        trainer.parse_args(["--class-prompt", "a", "b", "c", "--num-class-images", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error:" in err[-1]
+    assert "fewer than the 3 class prompts" in err[-1]
+    # without prior preservation the class prompts are unused, so nothing is refused
+    assert trainer.parse_args(["--class-prompt", "a", "b", "c", "--num-class-images", "2",
+                               "--no-prior-preservation"]).class_prompt == ["a", "b", "c"]
+
+
 def test_corrupt_image_is_named(tiny_pipeline_dir, instance_dir, tmp_path, capsys):
     folder = tmp_path / "images"
     shutil.copytree(instance_dir, folder)
