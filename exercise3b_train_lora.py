@@ -156,11 +156,11 @@ def fingerprint(args, num_instance_images):
             "num_class_images": args.num_class_images if args.prior_preservation else 0}
 
 
-def encode_prompt(pipe, prompt, device):
+def encode_prompt(pipe, prompt, device, text_encoder=None):
     """CLIP's last hidden states for a prompt (or a list): what the UNet's cross-attention reads."""
     ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(device)
-    return pipe.text_encoder(ids)[0]
+    return (text_encoder or pipe.text_encoder)(ids)[0]
 
 
 class Encoders:
@@ -177,6 +177,9 @@ class Encoders:
     def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, train_text_encoder, device, dtype):
         self.pipe, self.device = pipe, device
         self.train_text_encoder = train_text_encoder
+        # Under `accelerate launch` training must run the text encoder through Accelerate's
+        # wrapper (which averages its gradients), while the pipeline samples with the bare model.
+        self.text_encoder = pipe.text_encoder
         self.images = LatentCache(pipe.vae, images_by_role, flip, cache, device, dtype)
         self.prompts, self.prompt_of_image = {}, {}
         for role, images in images_by_role.items():
@@ -192,7 +195,7 @@ class Encoders:
                 self.embeddings = {role: self._encode(role) for role in self.prompts}
 
     def _encode(self, role):
-        return encode_prompt(self.pipe, self.prompts[role], self.device)
+        return encode_prompt(self.pipe, self.prompts[role], self.device, self.text_encoder)
 
     def draw(self, role, batch_size, generator):
         """`batch_size` latents of `role`'s images and the embeddings of their captions."""
@@ -314,8 +317,8 @@ def main(argv=None):
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if text_encoder_trains(args):
-        pipe.text_encoder = accelerator.prepare(pipe.text_encoder)
-    trained_models = [unet] + ([pipe.text_encoder] if text_encoder_trains(args) else [])
+        encoders.text_encoder = accelerator.prepare(pipe.text_encoder)  # pipe keeps the bare one to sample
+    trained_models = [unet] + ([encoders.text_encoder] if text_encoder_trains(args) else [])
 
     # One generator draws images, flips, noise and timesteps: saving its state
     # is what makes a resume continue exactly where training stopped.

@@ -56,7 +56,8 @@ def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
         model.requires_grad_(False)
     encoders = trainer.Encoders(pipe, {"instance": images, "class": classes},
                                 {"instance": args.instance_prompt, "class": class_prompt},
-                                args.flip, args.cache, False, torch.device("cpu"), torch.float32)
+                                args.flip, args.cache, trainer.text_encoder_trains(args), torch.device("cpu"),
+                                torch.float32)
     _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     gradients = []
@@ -72,7 +73,10 @@ def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
 
 
 def test_two_cpu_processes_average_gradients(tiny_pipeline_dir, instance_dir, tmp_path):
-    argv = [str(a) for a in train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1)]
+    # The text encoder trains too (its gradients must be averaged as well), and a progress
+    # grid is drawn while both models sit inside Accelerate's wrappers.
+    argv = [str(a) for a in train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1,
+                                       "--train-text-encoder", "--progress-every", 1)]
     command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
@@ -84,6 +88,9 @@ def test_two_cpu_processes_average_gradients(tiny_pipeline_dir, instance_dir, tm
 
     saved = {key.removeprefix("base_model.model."): value
              for key, value in load_file(str(tmp_path / "lora" / "adapter_model.safetensors")).items()}
+    saved.update({"text_encoder." + key.removeprefix("base_model.model."): value for key, value in
+                  load_file(str(tmp_path / "lora" / "text_encoder" / "adapter_model.safetensors")).items()})
+    assert (tmp_path / "out" / "training_progress_lora" / "step_00001.png").is_file()
     args = trainer.parse_args(argv)
     gradients = gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks=[0, 1])
     averaged = predicted_adapter(args, gradients, tiny_pipeline_dir)
