@@ -7,7 +7,7 @@ per seed and the table gives the mean and the spread.
 
     python -m micro.sweep_lora                                  # every setting, seeds 0 1 2, one run at a time
     python -m micro.sweep_lora --device cuda --parallel 8       # on a GPU, eight runs at once
-    python -m micro.sweep_lora --settings "unet attention" "text encoder + unet attention (micro default)" --seeds 0
+    python -m micro.sweep_lora --settings unet-attention-conv te-attention --seeds 0
 
 The class images are drawn once into --class-dir before the runs start, so that
 parallel runs never draw the same cache at the same time.
@@ -25,21 +25,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# exercise3b flags of each setting, spelled out so that a change of defaults does not change them
+# exercise3b flags of each setting, spelled out so that a change of defaults does not change them.
+# unet-: the text encoder stays frozen; te-: it trains too (te-attention is micro's default);
+# -conv: the ResNet convolutions are adapted as well as the attention.
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 CONVOLUTIONS = ATTENTION + ["conv1", "conv2"]
 SETTINGS = {
-    "unet attention": ["--no-train-text-encoder", "--lora-targets", *ATTENTION],
-    "unet attention + convolutions": ["--no-train-text-encoder", "--lora-targets", *CONVOLUTIONS],
-    "text encoder + unet attention (micro default)": ["--train-text-encoder", "--lora-targets", *ATTENTION],
-    "text encoder + unet attention + convolutions": ["--train-text-encoder", "--lora-targets", *CONVOLUTIONS],
-    "text encoder + unet attention, class 'an african fabric pattern'": [
+    "unet-attention": ["--no-train-text-encoder", "--lora-targets", *ATTENTION],
+    "unet-attention-conv": ["--no-train-text-encoder", "--lora-targets", *CONVOLUTIONS],
+    "te-attention": ["--train-text-encoder", "--lora-targets", *ATTENTION],
+    "te-attention-conv": ["--train-text-encoder", "--lora-targets", *CONVOLUTIONS],
+    "te-attention-class-african": [
         "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern"],
-    "text encoder + unet attention, class prompts in four contexts": [
+    "te-attention-four-contexts": [
         "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern",
         "a dress made of african fabric pattern", "a ceramic vase decorated with african fabric pattern",
         "a cushion made of african fabric pattern"],
-    "text encoder + unet attention, 1600 updates": [
+    "te-attention-1600": [
         "--train-text-encoder", "--lora-targets", *ATTENTION, "--max-train-steps", "1600"],
 }
 
@@ -93,7 +95,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING",
-                        help=f"which of: {'; '.join(SETTINGS)}")
+                        help="which of: " + ", ".join(SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-train-steps", type=int, default=800, help="updates per run (exercise3b's default)")
     parser.add_argument("--device", default="cpu")

@@ -161,3 +161,16 @@ def test_pretraining_loop_resumes_exactly_and_refuses_other_settings(tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     with pytest.raises(UserError, match="delete"):
         train(tmp_path / "stopped", steps=8)
+
+
+def test_lora_sweep_reads_class_prompts_and_tabulates_over_seeds():
+    from micro.sweep_lora import SETTINGS, class_prompts_of, tabulate
+
+    assert class_prompts_of(SETTINGS["te-attention-four-contexts"])[1] == "a dress made of african fabric pattern"
+    assert len(class_prompts_of(SETTINGS["te-attention-four-contexts"])) == 4
+    assert class_prompts_of(["--class-prompt", "a", "--rank", "8"]) == ("a",) and class_prompts_of([]) is None
+    results = [("x", 0, {"sim": 0.5}), ("x", 1, {"sim": 0.7}), ("y", 0, {"error": ["boom"]}),
+               ("z", 0, {"sim": 0.25})]
+    table = tabulate(results)
+    assert table["x"] == {"sim": "0.600 ± 0.100", "seeds": 2}
+    assert table["z"] == {"sim": "0.250", "seeds": 1} and "y" not in table  # failed runs are left out
