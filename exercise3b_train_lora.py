@@ -59,8 +59,8 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # Training a LoRA in the text encoder's attention too (diffusers' --train_text_encoder)
 # lets "sks" come to mean something of its own. On micro it is on by default: its
 # tiny text encoder barely tells "sks" apart (adding it moves the prompt's encoding
-# by 18% of its norm, a colour word by 62%), and without it the UNet learned the
-# subject from the colours alone. Measured on micro (800 updates, 3 seeds; judge
+# by 18% of its norm, a colour word by 62%), and without it the UNet LoRA changed
+# prompts with and without "sks" alike. Measured on micro (800 updates, 3 seeds; judge
 # similarity to the training images with "sks" / without; base 0.475 / 0.468):
 # attention only 0.504 / 0.502 (one seed); attention + ResNet convolutions
 # 0.662 / 0.629, subject's stars drawn 1%; attention + text encoder 0.741 / 0.675,
@@ -209,8 +209,8 @@ class Encoders:
 
 
 def add_lora(unet, text_encoder, args):
-    """Put rank-r LoRA matrices beside the target modules (`lora_targets`, and the text
-    encoder's attention with --train-text-encoder).
+    """Put rank-r LoRA matrices beside the UNet's --lora-targets (and the text encoder's
+    attention when it trains).
 
     Returns ({"unet": config[, "text_encoder": config]}, trainable parameters by name).
     B starts at zero, so the adapted models start out exactly equal to the base.

@@ -76,22 +76,31 @@ def test_loss_falls_on_a_fixed_batch(tiny_pipeline_dir, instance_dir):
     assert losses[-1] < 0.85 * losses[0], losses  # measured: 2.22 -> 1.72
 
 
-def test_resume_continues_exactly(tiny_pipeline_dir, instance_dir, tmp_path):
+@pytest.mark.parametrize("text_encoder", [False, True], ids=["unet", "unet+text-encoder"])
+def test_resume_continues_exactly(tiny_pipeline_dir, instance_dir, tmp_path, text_encoder):
     from safetensors.torch import load_file
 
+    flags = ["--train-text-encoder" if text_encoder else "--no-train-text-encoder"]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, straight, "--max-train-steps", 6)) == 0
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, straight, "--max-train-steps", 6,
+                                        *flags)) == 0
     assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 3,
-                                        "--checkpoint-every", 3)) == 0
+                                        "--checkpoint-every", 3, *flags)) == 0
     assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 6,
-                                        "--resume", "latest")) == 0
-    a = load_file(str(straight / "lora" / "adapter_model.safetensors"))
-    b = load_file(str(split / "lora" / "adapter_model.safetensors"))
-    assert set(a) == set(b) and len(a) == 64
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+                                        "--resume", "latest", *flags)) == 0
+    files = ["adapter_model.safetensors"] + (["text_encoder/adapter_model.safetensors"] if text_encoder else [])
+    for name in files:
+        a = load_file(str(straight / "lora" / name))
+        b = load_file(str(split / "lora" / name))
+        assert a and set(a) == set(b)
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
+    assert len(load_file(str(split / "lora" / "adapter_model.safetensors"))) == 64
+    assert (split / "lora" / "text_encoder").exists() == text_encoder
     summary = json.loads((split / "out" / "exercise3b_summary.json").read_text())
-    assert summary["optimizer_updates"] == 6 and summary["lora_layers"] == 32
+    assert summary["optimizer_updates"] == 6
+    assert (summary["text_encoder_lora_layers"] > 0) == text_encoder
+    assert summary["lora_layers"] == 32 + summary["text_encoder_lora_layers"]
     assert summary["settings"]["lora_alpha"] == 32
     assert (split / "out" / "exercise3b_loss_curves.png").is_file()
 
