@@ -95,7 +95,7 @@ def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
     judge = json.loads((tmp_path / "out" / "exercise3b_summary.json").read_text())["judge"]
     after = judge["lora_with_sks"]["similarity_to_training_images"]
     before = judge["base_with_sks"]["similarity_to_training_images"]
-    assert after > before + 0.05, json.dumps(judge)  # measured: 0.329 -> 0.451
+    assert after > before + 0.05, json.dumps(judge)  # measured: 0.463 -> 0.652
     by_context = judge["lora_with_sks"]["similarity_by_context"]
     assert set(by_context) == {"swatch", "dress", "wallpaper", "handbag", "vase", "basket", "cushion"}
     assert sum(by_context.values()) / len(by_context) == pytest.approx(after, abs=0.002)
