@@ -41,6 +41,10 @@ SETTINGS = {
         "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern",
         "a dress made of african fabric pattern", "a ceramic vase decorated with african fabric pattern",
         "a cushion made of african fabric pattern"],
+    "te-attention-prior3": ["--train-text-encoder", "--lora-targets", *ATTENTION, "--prior-loss-weight", "3"],
+    "te-attention-class-african-prior3": [
+        "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern",
+        "--prior-loss-weight", "3"],
     "te-attention-1600": [
         "--train-text-encoder", "--lora-targets", *ATTENTION, "--max-train-steps", "1600"],
 }
