@@ -192,20 +192,21 @@ class Encoders:
         self.embeddings = None
         if cache and not train_text_encoder:
             with torch.no_grad():
-                self.embeddings = {role: self._encode(role) for role in self.prompts}
-
-    def _encode(self, role):
-        return encode_prompt(self.pipe, self.prompts[role], self.device, self.text_encoder)
+                self.embeddings = {role: encode_prompt(pipe, prompts, device) for role, prompts in self.prompts.items()}
 
     def draw(self, role, batch_size, generator):
         """`batch_size` latents of `role`'s images and the embeddings of their captions."""
         latents, indices = self.images.draw_with_indices(role, batch_size, generator)
+        captions = self.prompt_of_image[role][indices]
         if self.embeddings is not None:
             embeddings = self.embeddings[role]
-        else:
-            with torch.set_grad_enabled(self.train_text_encoder):
-                embeddings = self._encode(role)
-        return latents, embeddings[self.prompt_of_image[role][indices].to(embeddings.device)]
+            return latents, embeddings[captions.to(embeddings.device)]
+        # Only the captions drawn this update go through the text encoder.
+        needed, position = torch.unique(captions, return_inverse=True)
+        with torch.set_grad_enabled(self.train_text_encoder):
+            embeddings = encode_prompt(self.pipe, [self.prompts[role][i] for i in needed.tolist()], self.device,
+                                       self.text_encoder)
+        return latents, embeddings[position.to(embeddings.device)]
 
 
 def add_lora(unet, text_encoder, args):

@@ -226,6 +226,12 @@ def test_each_class_image_is_paired_with_the_prompt_that_drew_it(tiny_pipeline_d
         expected = torch.cat([trainer.encode_prompt(pipe, captions[i], torch.device("cpu")) for i in picked])
     assert len(set(picked.tolist())) > 2 and {captions[i] for i in picked} == set(captions)
     torch.testing.assert_close(embeddings, expected)
+    # uncached (as when the text encoder trains): only the drawn captions are encoded, same pairing
+    uncached = trainer.Encoders(pipe, {"class": images}, {"class": captions}, False, False, False,
+                                torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(uncached.draw("class", 16, torch.Generator().manual_seed(3))[1], expected)
+    one = uncached.draw("class", 1, torch.Generator().manual_seed(3))[1]
+    torch.testing.assert_close(one, expected[:1])
     with pytest.raises(ValueError, match="captions"):
         trainer.Encoders(pipe, {"class": images}, {"class": captions[:3]}, False, True, False,
                          torch.device("cpu"), torch.float32)
