@@ -8,8 +8,10 @@ caption "a sks african fabric pattern". Two ideas make it work:
 * LoRA. The UNet's attention projections stay frozen; beside each one sits a
   pair of small matrices (B @ A, rank 4) whose product is added to it. Only
   those train: 797k numbers for SD 1.5 instead of 860 million. (On the micro
-  model the text encoder's attention gets such pairs too, so that "sks" can
-  come to mean something: see TEXT_ENCODER_LORA_TARGETS.)
+  model the text encoder's attention gets such pairs too, and the identifier's
+  own token embeddings train, so that "sks" comes to mean something that
+  prompts without it do not carry: see TEXT_ENCODER_LORA_TARGETS and
+  common/identifier_embeddings.py.)
 * Prior preservation. Every update also trains on images that the untouched
   base model drew for "a fabric pattern". Their loss keeps the class word
   meaning what it meant, so the model learns "sks" without forgetting fabric.
@@ -24,18 +26,19 @@ outputs/training_progress_lora/step_NNNNN.png   4 fixed prompts and seeds every 
 outputs/exercise3b_loss_curves.png               total, instance and prior loss
 outputs/exercise3b_summary.json                  updates, time, final losses, sizes, settings
 models/fabric_lora/                              the adapter, in PEFT and diffusers format
+                                                 (on micro: models/micro_trained/fabric_lora/)
 
 Run it
 ------
     python exercise3b_train_lora.py                           # 800 updates, 100 class images
     python exercise3b_train_lora.py --resume latest           # continue after Ctrl-C
-    python exercise3b_train_lora.py --no-train-text-encoder   # UNet LoRA only (SD 1.5's default)
+    python exercise3b_train_lora.py --no-train-text-encoder --no-train-identifier   # UNet LoRA only (SD 1.5's default)
     accelerate launch exercise3b_train_lora.py                # several GPUs or machines
 
 Try it: generate "a dress made of african fabric pattern" (no "sks") after
 training. If it shows your fabric too, the adapter leaked past the identifier
-(language drift); the README measures how far, and what --train-text-encoder
-and several --class-prompt values change.
+(language drift); the README measures how far, and what --train-identifier,
+--train-text-encoder and several --class-prompt values change.
 """
 
 import argparse
@@ -66,6 +69,11 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # 0.662 / 0.629, subject's stars drawn 1%; attention + text encoder 0.741 / 0.675,
 # stars 26% with "sks" and 7% without (README, "The lesson, measured").
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# Training the identifier's own token embeddings as well ("pivotal tuning", as in
+# diffusers' advanced DreamBooth script) gives "sks" a handle that prompts without it
+# lack (--train-identifier; measured in the README, "The lesson, measured").
+IDENTIFIER = "sks"
+IDENTIFIER_PARAMETER = "text_encoder.identifier_embeddings"  # its name in checkpoints
 PROGRESS_PROMPTS = [
     "a sks african fabric pattern",
     "a beautiful dress made of sks african fabric pattern, fashion photography",
@@ -73,9 +81,10 @@ PROGRESS_PROMPTS = [
     "a fabric pattern",  # the class prompt: it should stay generic
 ]
 PROGRESS_SEEDS = [1000, 1001, 1002, 1003]
-# what a run writes into --adapter-dir (text_encoder/ only with --train-text-encoder)
+# what a run writes into --adapter-dir (text_encoder/ only with --train-text-encoder,
+# identifier_embeddings.safetensors only with --train-identifier)
 ADAPTER_FILES = ["adapter_model.safetensors", "adapter_config.json", "pytorch_lora_weights.safetensors",
-                 "text_encoder"]
+                 "text_encoder", "identifier_embeddings.safetensors"]
 
 
 def parse_args(argv=None):
@@ -102,6 +111,12 @@ def parse_args(argv=None):
     train.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default="auto",
                        help="also train a LoRA in the text encoder's attention, so that the identifier gets "
                             "a meaning of its own; auto: on for micro, off for SD 1.5 (diffusers' default)")
+    train.add_argument("--train-identifier", action=argparse.BooleanOptionalAction, default=False,
+                       help="also train the token embeddings of --identifier (pivotal tuning)")
+    train.add_argument("--identifier", default=IDENTIFIER,
+                       help="the rare word of --instance-prompt that names your subject")
+    train.add_argument("--identifier-learning-rate", type=positive_float, default=1e-3,
+                       help="AdamW learning rate of the identifier's token embeddings")
     train.add_argument("--lora-alpha", type=positive_float, default=32,
                        help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release)")
     train.add_argument("--train-batch-size", type=positive_int, default=1,
@@ -122,17 +137,25 @@ def parse_args(argv=None):
                      help="replace an adapter already in --adapter-dir (the old files are moved to a backup)")
     parser.set_defaults(seed=0)
     args = parser.parse_args(argv)
+    if args.identifier not in args.instance_prompt.split():
+        parser.error(f"--identifier {args.identifier!r} is not a word of --instance-prompt {args.instance_prompt!r}")
     if args.prior_preservation and args.num_class_images < len(args.class_prompt):
         parser.error(f"--num-class-images {args.num_class_images} is fewer than the "
                      f"{len(args.class_prompt)} class prompts; give each prompt at least one image")
     return args
 
 
+def on_for_micro(setting, args):
+    """A flag whose auto means: on for the micro model, off for SD 1.5."""
+    return args.base_model == MICRO if setting == "auto" else setting
+
+
 def text_encoder_trains(args):
-    """--train-text-encoder with auto resolved for the base model."""
-    if args.train_text_encoder == "auto":
-        return args.base_model == MICRO
-    return args.train_text_encoder
+    return on_for_micro(args.train_text_encoder, args)
+
+
+def identifier_trains(args):
+    return args.train_identifier
 
 
 def check_lora_targets(unet, targets):
@@ -149,6 +172,8 @@ def fingerprint(args, num_instance_images):
     return {"base_model": str(args.base_model), "resolution": args.resolution, "rank": args.rank,
             "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
             "train_text_encoder": text_encoder_trains(args), "learning_rate": args.learning_rate,
+            "train_identifier": identifier_trains(args), "identifier": args.identifier,
+            "identifier_learning_rate": args.identifier_learning_rate if identifier_trains(args) else None,
             "instance_prompt": args.instance_prompt, "class_prompt": args.class_prompt,
             "prior_preservation": args.prior_preservation, "prior_loss_weight": args.prior_loss_weight,
             "train_batch_size": args.train_batch_size, "flip": args.flip, "seed": args.seed,
@@ -172,6 +197,8 @@ class Encoders:
 
     `prompts_by_role` gives each role one caption for all its images, or a list
     with one caption per image (class images drawn from several class prompts).
+    `train_text_encoder`: anything in the text encoder trains (its LoRA or the
+    identifier's embeddings), so embeddings need gradients.
     """
 
     def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, train_text_encoder, device, dtype):
@@ -233,6 +260,16 @@ def add_lora(unet, text_encoder, args):
         prefix = "" if role == "unet" else role + "."
         trainable.update({prefix + name: p for name, p in model.named_parameters() if p.requires_grad})
     return configs, trainable
+
+
+def add_identifier_embeddings(pipe, args, trainable):
+    """Trainable copies of the identifier's token embeddings, hooked into the text encoder
+    (common/identifier_embeddings.py), added to `trainable`."""
+    from common.identifier_embeddings import attach, identifier_token_ids
+
+    identifier = attach(pipe.text_encoder, identifier_token_ids(pipe.tokenizer, args.identifier))
+    trainable[IDENTIFIER_PARAMETER] = identifier.vectors
+    return identifier
 
 
 def training_step(unet, noise_scheduler, encoders, batch_size, generator, prior_preservation, prior_loss_weight):
@@ -308,12 +345,20 @@ def main(argv=None):
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
     encoders = Encoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": class_captions},
-                        args.flip, args.cache, text_encoder_trains(args), device, weight_dtype)
+                        args.flip, args.cache, text_encoder_trains(args) or identifier_trains(args), device,
+                        weight_dtype)
     lora_configs, trainable = add_lora(pipe.unet, pipe.text_encoder, args)
+    identifier = add_identifier_embeddings(pipe, args, trainable) if identifier_trains(args) else None
     unet = pipe.unet
     if device.type == "cuda":
         unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(trainable.values(), lr=args.learning_rate, weight_decay=1e-2)
+    parameter_groups = [{"params": [p for name, p in trainable.items() if name != IDENTIFIER_PARAMETER]}]
+    if identifier is not None:
+        # Textual inversion's learning rate, and no weight decay, which would pull the
+        # vectors toward zero, the very "means nothing" state they start from.
+        parameter_groups.append({"params": [identifier.vectors], "lr": args.identifier_learning_rate,
+                                 "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(parameter_groups, lr=args.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
@@ -369,6 +414,9 @@ def main(argv=None):
                 # Nothing of this update is applied or saved; earlier checkpoints stay as they are.
                 raise non_finite_loss_error(total, update + 1, args.adapter_dir)
             accelerator.backward(total)
+            if identifier is not None and accelerator.num_processes > 1:
+                # The vectors sit outside any model Accelerate wrapped, so their gradients are averaged here.
+                identifier.vectors.grad = accelerator.reduce(identifier.vectors.grad, reduction="mean")
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(trainable.values(), 1.0)
             optimizer.step()
@@ -402,6 +450,11 @@ def main(argv=None):
     if text_encoder_trains(args):
         lora_states["text_encoder"] = get_peft_model_state_dict(accelerator.unwrap_model(pipe.text_encoder))
     sizes = save_lora(args.adapter_dir, lora_states, lora_configs, base_model)
+    if identifier is not None:
+        from common.identifier_embeddings import save_identifier_embeddings
+
+        path = save_identifier_embeddings(args.adapter_dir, pipe.tokenizer, identifier, args.identifier)
+        sizes[path.name] = path.stat().st_size
     plot_loss_curves(history, args.output_dir / "exercise3b_loss_curves.png",
                      f"DreamBooth LoRA: {len(history['total'])} optimizer updates")
     summary = {
@@ -412,6 +465,7 @@ def main(argv=None):
         "file_bytes": sizes,
         "lora_layers": sum(1 for state in lora_states.values() for key in state if ".lora_A." in key),
         "text_encoder_lora_layers": sum(1 for key in lora_states.get("text_encoder", {}) if ".lora_A." in key),
+        "identifier_token_embeddings": 0 if identifier is None else len(identifier.token_ids),
         "device": device.type,
         "mixed_precision": mixed_precision,
         "cached_encoders": args.cache,

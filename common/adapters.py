@@ -8,7 +8,9 @@ Three file kinds come out of DreamBooth-style training:
    where one was trained, sits in the same format in its text_encoder/ subfolder;
 2. diffusers' own `pytorch_lora_weights.safetensors` (keys `unet.<module>...`),
    written by diffusers' training scripts and by exercise3b;
-3. a textual-inversion embedding, `learned_embeds.safetensors` ({token: vector}).
+3. a textual-inversion embedding, `learned_embeds.safetensors` ({token: vector});
+4. beside a LoRA, where exercise3b trained them, the identifier's own token
+   embeddings, `identifier_embeddings.safetensors` (common/identifier_embeddings.py).
 
 Why not just `pipe.load_lora_weights(folder)`? For kind 1 it loads nothing: it
 looks for keys starting with `unet.`, finds none, logs one line and returns,
@@ -25,6 +27,7 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
+from common.identifier_embeddings import IDENTIFIER_FILE, attached, load_identifier_embeddings, set_scale
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -40,10 +43,13 @@ class LoadedAdapter:
     layers: int = 0
     scale: float = 0.0
     token: str = ""
+    identifier_tokens: int = 0  # trained token embeddings of the identifier loaded with a LoRA
 
     def describe(self):
         if self.kind == "LoRA":
-            return f"LoRA {self.source}: {self.layers} layers, scale {float(self.scale)}"
+            trained = (f", {self.token} with {self.identifier_tokens} trained token embeddings"
+                       if self.identifier_tokens else "")
+            return f"LoRA {self.source}: {self.layers} layers, scale {float(self.scale)}{trained}"
         return f"TI {self.source}: token {self.token}"
 
 
@@ -214,10 +220,22 @@ def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
     if not layers or len(layers) < expected:
         raise UserError(f"only {len(layers)} of the {expected} LoRA layers in {lora.source} were loaded into the "
                         "model; the file does not match this base model or this loader")
+    loaded = LoadedAdapter("LoRA", lora.source, layers=len(layers))
+    identifier_file = (lora.location if lora.kind == "peft" else lora.location.parent) / IDENTIFIER_FILE
+    if identifier_file.is_file():
+        loaded.token = load_identifier_embeddings(pipe, identifier_file)
+        loaded.identifier_tokens = len(attached(pipe.text_encoder).token_ids)
     if weight is not None:
         pipe.set_adapters([adapter_name], adapter_weights=[weight])
-    scales = sorted({float(layer.scaling[adapter_name]) for layer in layers})
-    return LoadedAdapter("LoRA", lora.source, layers=len(layers), scale=scales[-1])
+        set_scale(pipe.text_encoder, weight)
+    loaded.scale = sorted({float(layer.scaling[adapter_name]) for layer in layers})[-1]
+    return loaded
+
+
+def switch_adapters(pipe, on):
+    """The LoRA (UNet and text encoder) and the identifier's trained embeddings, on or off together."""
+    (pipe.enable_lora if on else pipe.disable_lora)()
+    set_scale(pipe.text_encoder, 1.0 if on else 0.0)
 
 
 def load_text_encoder_lora(pipe, lora, adapter_name):

@@ -70,6 +70,7 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
     The lesson holds when 'lora_with_sks' is far from 'base_with_sks' (the subject was
     learned) while 'lora_without_sks' stays near 'base_without_sks' (only the identifier
     carries it: no language drift)."""
+    from common.adapters import switch_adapters
     from common.generation import generate
 
     judge = judge or load_judge()
@@ -83,8 +84,8 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
                 ("base_without_sks", "african fabric pattern", False)]
     for name, subject, adapter_on in variants:
         if lora:
-            # the pipeline's switch covers a text-encoder LoRA as well as the UNet's
-            (pipe.enable_lora if adapter_on else pipe.disable_lora)()
+            # off means the base model exactly: UNet and text-encoder LoRA and the identifier's embeddings
+            switch_adapters(pipe, adapter_on)
         prompts = [SUBJECT_CONTEXT_PROMPTS[c].format(s=subject) for c in contexts for _ in seeds]
         all_seeds = [seed for _ in contexts for seed in seeds]
         images = generate(pipe, prompts, all_seeds, steps=steps, resolution=64, guidance=guidance,
@@ -103,7 +104,7 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
             "images": len(images),
         }
     if lora:
-        pipe.enable_lora()
+        switch_adapters(pipe, True)
     return runs
 
 

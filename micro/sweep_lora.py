@@ -26,27 +26,46 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # exercise3b flags of each setting, spelled out so that a change of defaults does not change them.
-# unet-: the text encoder stays frozen; te-: it trains too (te-attention is micro's default);
-# -conv: the ResNet convolutions are adapted as well as the attention.
+# unet-: the text encoder stays frozen; te-: it trains too; identifier-: the identifier's token
+# embeddings train too (at 1e-3 unless named); -conv: the ResNet convolutions are adapted as
+# well as the attention.
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 CONVOLUTIONS = ATTENTION + ["conv1", "conv2"]
 SETTINGS = {
-    "unet-attention": ["--no-train-text-encoder", "--lora-targets", *ATTENTION],
-    "unet-attention-conv": ["--no-train-text-encoder", "--lora-targets", *CONVOLUTIONS],
-    "te-attention": ["--train-text-encoder", "--lora-targets", *ATTENTION],
-    "te-attention-conv": ["--train-text-encoder", "--lora-targets", *CONVOLUTIONS],
+    "unet-attention": ["--no-train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION],
+    "unet-attention-conv": ["--no-train-text-encoder", "--no-train-identifier", "--lora-targets", *CONVOLUTIONS],
+    "te-attention": ["--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION],
+    "te-attention-conv": ["--train-text-encoder", "--no-train-identifier", "--lora-targets", *CONVOLUTIONS],
     "te-attention-class-african": [
-        "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern"],
+        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION,
+        "--class-prompt", "an african fabric pattern"],
     "te-attention-four-contexts": [
-        "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern",
-        "a dress made of african fabric pattern", "a ceramic vase decorated with african fabric pattern",
+        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION,
+        "--class-prompt", "an african fabric pattern", "a dress made of african fabric pattern",
+        "a ceramic vase decorated with african fabric pattern",
         "a cushion made of african fabric pattern"],
-    "te-attention-prior3": ["--train-text-encoder", "--lora-targets", *ATTENTION, "--prior-loss-weight", "3"],
+    "te-attention-prior3": [
+        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION, "--prior-loss-weight", "3"],
     "te-attention-class-african-prior3": [
-        "--train-text-encoder", "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern",
-        "--prior-loss-weight", "3"],
+        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION,
+        "--class-prompt", "an african fabric pattern", "--prior-loss-weight", "3"],
     "te-attention-1600": [
-        "--train-text-encoder", "--lora-targets", *ATTENTION, "--max-train-steps", "1600"],
+        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION, "--max-train-steps", "1600"],
+    "identifier-unet-attention": [
+        "--no-train-text-encoder", "--train-identifier", "--identifier-learning-rate", "1e-3",
+        "--lora-targets", *ATTENTION],
+    "identifier-unet-attention-class-african": [
+        "--no-train-text-encoder", "--train-identifier", "--identifier-learning-rate", "1e-3",
+        "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern"],
+    "identifier-te-attention": [
+        "--train-text-encoder", "--train-identifier", "--identifier-learning-rate", "1e-3",
+        "--lora-targets", *ATTENTION],
+    "identifier-5e-3-unet-attention": [
+        "--no-train-text-encoder", "--train-identifier", "--identifier-learning-rate", "5e-3",
+        "--lora-targets", *ATTENTION],
+    "identifier-5e-3-te-attention": [
+        "--train-text-encoder", "--train-identifier", "--identifier-learning-rate", "5e-3",
+        "--lora-targets", *ATTENTION],
 }
 
 

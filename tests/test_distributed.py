@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import exercise3b_train_lora as trainer
+from common.identifier_embeddings import IDENTIFIER_FILE
 from tests.conftest import REPO
 from tests.test_train_lora import train_args
 
@@ -26,17 +27,30 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def trainable_parameters(pipe, args):
+    _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
+    if trainer.identifier_trains(args):
+        trainer.add_identifier_embeddings(pipe, args, trainable)
+    return trainable
+
+
 def predicted_adapter(args, gradients_of_ranks, tiny_pipeline_dir):
     from common.pipeline import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
-    _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
+    trainable = trainable_parameters(pipe, args)
     mean = {name: sum(g[name] for g in gradients_of_ranks) / len(gradients_of_ranks) for name in trainable}
     norm = torch.sqrt(sum((g ** 2).sum() for g in mean.values()))
     clip = min(1.0, 1.0 / (norm.item() + 1e-6))
-    lr, decay, eps = args.learning_rate, 1e-2, 1e-8
-    return {name.replace(".default", ""): trainable[name].detach() * (1 - lr * decay)
-            - lr * (mean[name] * clip) / ((mean[name] * clip).abs() + eps) for name in trainable}
+    eps = 1e-8
+    predicted = {}
+    for name, parameter in trainable.items():
+        # the identifier's vectors train at their own learning rate, without weight decay
+        lr, decay = ((args.identifier_learning_rate, 0.0) if name == trainer.IDENTIFIER_PARAMETER
+                     else (args.learning_rate, 1e-2))
+        step = mean[name] * clip
+        predicted[name.replace(".default", "")] = parameter.detach() * (1 - lr * decay) - lr * step / (step.abs() + eps)
+    return predicted
 
 
 def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
@@ -56,9 +70,10 @@ def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
         model.requires_grad_(False)
     encoders = trainer.Encoders(pipe, {"instance": images, "class": classes},
                                 {"instance": args.instance_prompt, "class": class_prompt},
-                                args.flip, args.cache, trainer.text_encoder_trains(args), torch.device("cpu"),
-                                torch.float32)
-    _, trainable = trainer.add_lora(pipe.unet, pipe.text_encoder, args)
+                                args.flip, args.cache,
+                                trainer.text_encoder_trains(args) or trainer.identifier_trains(args),
+                                torch.device("cpu"), torch.float32)
+    trainable = trainable_parameters(pipe, args)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     gradients = []
     for rank in ranks:
@@ -73,10 +88,10 @@ def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
 
 
 def test_two_cpu_processes_average_gradients(tiny_pipeline_dir, instance_dir, tmp_path):
-    # The text encoder trains too (its gradients must be averaged as well), and a progress
-    # grid is drawn while both models sit inside Accelerate's wrappers.
+    # The text encoder and the identifier's embeddings train too (their gradients must be
+    # averaged as well), and a progress grid is drawn while the models sit inside Accelerate's wrappers.
     argv = [str(a) for a in train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1,
-                                       "--train-text-encoder", "--progress-every", 1)]
+                                       "--train-text-encoder", "--train-identifier", "--progress-every", 1)]
     command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
@@ -92,6 +107,10 @@ def test_two_cpu_processes_average_gradients(tiny_pipeline_dir, instance_dir, tm
                   load_file(str(tmp_path / "lora" / "text_encoder" / "adapter_model.safetensors")).items()})
     assert (tmp_path / "out" / "training_progress_lora" / "step_00001.png").is_file()
     args = trainer.parse_args(argv)
+    identifier_file = load_file(str(tmp_path / "lora" / IDENTIFIER_FILE))
+    pieces = ["s", "k", "s</w>"]  # "sks" on the tiny letter tokenizer, in the order the vectors train
+    assert sorted(identifier_file) == sorted(pieces)
+    saved[trainer.IDENTIFIER_PARAMETER] = torch.stack([identifier_file[piece] for piece in pieces])
     gradients = gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks=[0, 1])
     averaged = predicted_adapter(args, gradients, tiny_pipeline_dir)
     rank0_only = predicted_adapter(args, gradients[:1], tiny_pipeline_dir)
@@ -99,5 +118,7 @@ def test_two_cpu_processes_average_gradients(tiny_pipeline_dir, instance_dir, tm
     lora_b = [key for key in saved if ".lora_B." in key]
     for key in saved:
         assert torch.allclose(saved[key], averaged[key], atol=args.learning_rate * 1e-3), key
+    assert not torch.allclose(saved[trainer.IDENTIFIER_PARAMETER], rank0_only[trainer.IDENTIFIER_PARAMETER],
+                              atol=args.learning_rate * 1e-3)
     differs = sum(not torch.allclose(saved[key], rank0_only[key], atol=args.learning_rate * 1e-3) for key in lora_b)
     assert differs > len(lora_b) // 2  # rank 0's gradient alone would have saved another adapter
