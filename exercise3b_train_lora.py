@@ -10,8 +10,9 @@ caption "a sks african fabric pattern". Two ideas make it work:
   those train: 797k numbers for SD 1.5 instead of 860 million. (On the micro
   model the text encoder's attention gets such pairs too, and the identifier's
   own token embeddings train, so that "sks" comes to mean something that
-  prompts without it do not carry: see TEXT_ENCODER_LORA_TARGETS and
-  common/identifier_embeddings.py.)
+  prompts without it do not carry; and 5% of the instance images train with
+  the empty prompt, which guidance then subtracts from every prompt: see
+  MICRO_EMPTY_PROMPT_SHARE.)
 * Prior preservation. Every update also trains on images that the untouched
   base model drew for "a fabric pattern". Their loss keeps the class word
   meaning what it meant, so the model learns "sks" without forgetting fabric.
@@ -32,13 +33,14 @@ Run it
 ------
     python exercise3b_train_lora.py                           # 800 updates, 100 class images
     python exercise3b_train_lora.py --resume latest           # continue after Ctrl-C
-    python exercise3b_train_lora.py --no-train-text-encoder --no-train-identifier   # UNet LoRA only (SD 1.5's default)
+    python exercise3b_train_lora.py --no-train-text-encoder   # no text-encoder LoRA (SD 1.5's default)
     accelerate launch exercise3b_train_lora.py                # several GPUs or machines
 
 Try it: generate "a dress made of african fabric pattern" (no "sks") after
 training. If it shows your fabric too, the adapter leaked past the identifier
-(language drift); the README measures how far, and what --train-identifier,
---train-text-encoder and several --class-prompt values change.
+(language drift). On micro, train once with --proportion-empty-prompts 0
+--no-train-identifier to see that happen; the README measures how far, and why
+guidance makes it worse.
 """
 
 import argparse
@@ -48,7 +50,7 @@ from pathlib import Path
 import torch
 
 from common.base_model import MICRO
-from common.cli import make_parser, non_negative_float, positive_float, positive_int
+from common.cli import auto_or, make_parser, non_negative_float, positive_float, positive_int, share
 from common.errors import UserError, run_script
 from common.latent_cache import LatentCache, noisy_batch
 
@@ -69,10 +71,19 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # 0.662 / 0.629, subject's stars drawn 1%; attention + text encoder 0.741 / 0.675,
 # stars 26% with "sks" and 7% without (README, "The lesson, measured").
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-# Training the identifier's own token embeddings as well ("pivotal tuning", as in
-# diffusers' advanced DreamBooth script) gives "sks" a handle that prompts without it
-# lack (--train-identifier; measured in the README, "The lesson, measured").
+# Two more micro defaults against language drift (prompts without "sks" taking on the
+# subject), measured over 3 seeds (judge similarity to the training images, with "sks" /
+# without; base 0.475 / 0.468; README, "The lesson, measured"):
+# * Classifier-free guidance draws uncond + 7.5 * (cond - uncond), so whatever the LoRA
+#   adds to the conditional prediction of "a dress made of african fabric pattern" comes
+#   out about 7.5 times over. Training 5% of instance images with the empty prompt moves
+#   the unconditional prediction the same way, and guidance subtracts it again:
+#   without "sks" 0.675 -> 0.448, with "sks" 0.741 -> 0.713.
+# * That subtraction also weakens "sks"; training the identifier's own token embeddings
+#   ("pivotal tuning", as in diffusers' advanced DreamBooth script) gives it a handle
+#   that other prompts lack: stars in 35% of "sks" pictures, 2% without.
 IDENTIFIER = "sks"
+MICRO_EMPTY_PROMPT_SHARE = 0.05
 IDENTIFIER_PARAMETER = "text_encoder.identifier_embeddings"  # its name in checkpoints
 PROGRESS_PROMPTS = [
     "a sks african fabric pattern",
@@ -100,6 +111,11 @@ def parse_args(argv=None):
     data.add_argument("--no-prior-preservation", dest="prior_preservation", action="store_false",
                       help="train on the instance images alone (to see what forgetting looks like)")
     data.add_argument("--prior-loss-weight", type=non_negative_float, default=1.0, help="lambda of the prior loss")
+    data.add_argument("--proportion-empty-prompts", type=auto_or(share), default="auto",
+                      help="share of instance images trained with the empty prompt instead of --instance-prompt "
+                           "(diffusers' flag of that name); guidance subtracts what the empty prompt learns, "
+                           f"which pulls the subject out of prompts without the identifier. auto: "
+                           f"{MICRO_EMPTY_PROMPT_SHARE} on micro, 0 on SD 1.5")
     data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
     train = parser.add_argument_group("training")
     train.add_argument("--max-train-steps", type=positive_int, default=800, help="optimizer updates")
@@ -111,11 +127,12 @@ def parse_args(argv=None):
     train.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default="auto",
                        help="also train a LoRA in the text encoder's attention, so that the identifier gets "
                             "a meaning of its own; auto: on for micro, off for SD 1.5 (diffusers' default)")
-    train.add_argument("--train-identifier", action=argparse.BooleanOptionalAction, default=False,
-                       help="also train the token embeddings of --identifier (pivotal tuning)")
+    train.add_argument("--train-identifier", action=argparse.BooleanOptionalAction, default="auto",
+                       help="also train the token embeddings of --identifier (pivotal tuning); "
+                            "auto: on for micro, off for SD 1.5")
     train.add_argument("--identifier", default=IDENTIFIER,
                        help="the rare word of --instance-prompt that names your subject")
-    train.add_argument("--identifier-learning-rate", type=positive_float, default=1e-3,
+    train.add_argument("--identifier-learning-rate", type=positive_float, default=5e-3,
                        help="AdamW learning rate of the identifier's token embeddings")
     train.add_argument("--lora-alpha", type=positive_float, default=32,
                        help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release)")
@@ -155,7 +172,14 @@ def text_encoder_trains(args):
 
 
 def identifier_trains(args):
-    return args.train_identifier
+    return on_for_micro(args.train_identifier, args)
+
+
+def empty_prompt_share(args):
+    """--proportion-empty-prompts with auto resolved for the base model."""
+    if args.proportion_empty_prompts == "auto":
+        return MICRO_EMPTY_PROMPT_SHARE if args.base_model == MICRO else 0.0
+    return args.proportion_empty_prompts
 
 
 def check_lora_targets(unet, targets):
@@ -177,6 +201,7 @@ def fingerprint(args, num_instance_images):
             "instance_prompt": args.instance_prompt, "class_prompt": args.class_prompt,
             "prior_preservation": args.prior_preservation, "prior_loss_weight": args.prior_loss_weight,
             "train_batch_size": args.train_batch_size, "flip": args.flip, "seed": args.seed,
+            "proportion_empty_prompts": empty_prompt_share(args),
             "num_instance_images": num_instance_images,
             "num_class_images": args.num_class_images if args.prior_preservation else 0}
 
@@ -199,11 +224,14 @@ class Encoders:
     with one caption per image (class images drawn from several class prompts).
     `train_text_encoder`: anything in the text encoder trains (its LoRA or the
     identifier's embeddings), so embeddings need gradients.
+    `empty_prompt_share`: {role: share of its drawn images captioned "" instead}.
     """
 
-    def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, train_text_encoder, device, dtype):
+    def __init__(self, pipe, images_by_role, prompts_by_role, flip, cache, train_text_encoder, device, dtype,
+                 empty_prompt_share=None):
         self.pipe, self.device = pipe, device
         self.train_text_encoder = train_text_encoder
+        self.empty_prompt_share = {role: share for role, share in (empty_prompt_share or {}).items() if share > 0}
         # Under `accelerate launch` training must run the text encoder through Accelerate's
         # wrapper (which averages its gradients), while the pipeline samples with the bare model.
         self.text_encoder = pipe.text_encoder
@@ -214,7 +242,11 @@ class Encoders:
             captions = [captions] * len(images) if isinstance(captions, str) else list(captions)
             if len(captions) != len(images):
                 raise ValueError(f"{role}: {len(captions)} captions for {len(images)} images")
+            if role in self.empty_prompt_share:
+                captions.append("")  # the empty prompt gets an index (and a cached embedding) of its own
             self.prompts[role] = list(dict.fromkeys(captions))  # distinct, in order of first use
+            if role in self.empty_prompt_share:
+                captions.pop()
             self.prompt_of_image[role] = torch.tensor([self.prompts[role].index(c) for c in captions])
         self.embeddings = None
         if cache and not train_text_encoder:
@@ -225,6 +257,10 @@ class Encoders:
         """`batch_size` latents of `role`'s images and the embeddings of their captions."""
         latents, indices = self.images.draw_with_indices(role, batch_size, generator)
         captions = self.prompt_of_image[role][indices]
+        if role in self.empty_prompt_share:
+            # drawn only when asked for, so that runs without it keep their random stream
+            emptied = torch.rand(batch_size, generator=generator) < self.empty_prompt_share[role]
+            captions = torch.where(emptied, self.prompts[role].index(""), captions)
         if self.embeddings is not None:
             embeddings = self.embeddings[role]
             return latents, embeddings[captions.to(embeddings.device)]
@@ -346,7 +382,7 @@ def main(argv=None):
         model.requires_grad_(False)
     encoders = Encoders(pipe, images_by_role, {"instance": args.instance_prompt, "class": class_captions},
                         args.flip, args.cache, text_encoder_trains(args) or identifier_trains(args), device,
-                        weight_dtype)
+                        weight_dtype, empty_prompt_share={"instance": empty_prompt_share(args)})
     lora_configs, trainable = add_lora(pipe.unet, pipe.text_encoder, args)
     identifier = add_identifier_embeddings(pipe, args, trainable) if identifier_trains(args) else None
     unet = pipe.unet

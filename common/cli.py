@@ -33,6 +33,21 @@ def non_negative_float(text):
     return value
 
 
+def auto_or(convert):
+    """An argparse type that takes "auto" (resolved later, per base model) or whatever `convert` takes."""
+    def parse(text):
+        return "auto" if text == "auto" else convert(text)
+    parse.__name__ = convert.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def share(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
 def positive_float(text):
     value = float(text)
     if not value > 0:

@@ -8,9 +8,12 @@
   similarity to the training images (the DINO-score analogue), the share of
   images the judge calls the subject's family, and context accuracy; and the
   base model on both, as the reference for "without sks nothing changed".
+* `drift_by_guidance`: how far the adapter moves a few prompts at guidance 1
+  and 7.5: classifier-free guidance multiplies a small drift.
 
     python -m micro.evaluate                                           # base report
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora   # and the subject report
+    python -m micro.evaluate --lora-dir models/micro_release/fabric_lora --guidance-study
 """
 
 import json
@@ -64,6 +67,18 @@ def base_report(pipe, judge=None, count=112, seed=7, steps=30, guidance=7.5, bat
     return report, images, prompts
 
 
+def reference_embedding(judge, instance_images):
+    """The training images' mean judge embedding, unit length: what "looks like the subject" means."""
+    embedding, _ = judged(judge, instance_images)
+    return torch.nn.functional.normalize(embedding.mean(0, keepdim=True), dim=1)
+
+
+def similarities(judge, images, reference):
+    """Each image's cosine similarity to the reference embedding, and the judge's other outputs."""
+    embedding, outputs = judged(judge, images)
+    return (torch.nn.functional.normalize(embedding, dim=1) @ reference.T).squeeze(1), outputs
+
+
 def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=30, guidance=7.5, lora=True):
     """Judge numbers for 'sks' prompts and the same prompts without 'sks', with the LoRA and without.
 
@@ -74,8 +89,7 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
     from common.generation import generate
 
     judge = judge or load_judge()
-    reference, _ = judged(judge, instance_images)
-    reference = torch.nn.functional.normalize(reference.mean(0, keepdim=True), dim=1)
+    reference = reference_embedding(judge, instance_images)
     contexts = list(SUBJECT_CONTEXT_PROMPTS)
     runs = {}
     variants = [("lora_with_sks", "sks african fabric pattern", True),
@@ -90,8 +104,7 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
         all_seeds = [seed for _ in contexts for seed in seeds]
         images = generate(pipe, prompts, all_seeds, steps=steps, resolution=64, guidance=guidance,
                           batch_size=len(seeds) * 2, desc=f"judge: {name}")
-        embedding, outputs = judged(judge, images)
-        similarity = (torch.nn.functional.normalize(embedding, dim=1) @ reference.T).squeeze(1)
+        similarity, outputs = similarities(judge, images, reference)
         truth = torch.tensor([world.CONTEXTS.index(c) for c in contexts for _ in seeds])
         runs[name] = {
             "similarity_to_training_images": round(similarity.mean().item(), 3),
@@ -108,6 +121,41 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
     return runs
 
 
+DRIFT_PROMPTS = {"class prompt (prior)": "a fabric pattern", "class noun": "an african fabric pattern",
+                 "identifier": "a sks african fabric pattern"}
+
+
+def drift_by_guidance(pipe, instance_images, judge=None, guidances=(1.0, 7.5), seeds=range(12), steps=30,
+                      prompts=DRIFT_PROMPTS):
+    """How far the adapter moves each prompt's pictures toward the training images, per guidance scale.
+
+    Classifier-free guidance predicts noise as uncond + w * (cond - uncond), so a change
+    the adapter makes to a prompt's conditional prediction reaches the picture about w
+    times over. A drift too small to see at w = 1 can be plain at the default 7.5.
+    Returns {guidance: {prompt name: {"base": similarity, "lora": similarity, "moved": lora - base}}}.
+    """
+    from common.adapters import switch_adapters
+    from common.generation import generate
+
+    judge = judge or load_judge()
+    reference = reference_embedding(judge, instance_images)
+    seeds = list(seeds)
+    report = {}
+    for guidance in guidances:
+        report[guidance] = {}
+        for name, prompt in prompts.items():
+            row = {}
+            for state, adapter_on in (("base", False), ("lora", True)):
+                switch_adapters(pipe, adapter_on)
+                images = generate(pipe, [prompt] * len(seeds), seeds, steps=steps, resolution=64,
+                                  guidance=guidance, batch_size=len(seeds), desc=f"judge: {name}, w={guidance}")
+                row[state] = round(similarities(judge, images, reference)[0].mean().item(), 3)
+            row["moved"] = round(row["lora"] - row["base"], 3)
+            report[guidance][name] = row
+    switch_adapters(pipe, True)
+    return report
+
+
 def main():
     import argparse
 
@@ -118,13 +166,18 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lora-dir", default=None, help="also report on this LoRA (subject report)")
+    parser.add_argument("--guidance-study", action="store_true",
+                        help="with --lora-dir: how much each guidance scale magnifies the LoRA's drift")
     args = parser.parse_args()
     pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
     pipe.set_progress_bar_config(disable=True)
     report = {"base": base_report(pipe)[0]}
     if args.lora_dir:
         load_lora(pipe, args.lora_dir, adapter_name="default")
-        report["subject"] = subject_report(pipe, load_training_images(REPO / "training_images", 64))
+        instance_images = load_training_images(REPO / "training_images", 64)
+        report["subject"] = subject_report(pipe, instance_images)
+        if args.guidance_study:
+            report["drift_by_guidance"] = drift_by_guidance(pipe, instance_images)
     print(json.dumps(report, indent=2))
 
 

@@ -26,46 +26,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # exercise3b flags of each setting, spelled out so that a change of defaults does not change them.
-# unet-: the text encoder stays frozen; te-: it trains too; identifier-: the identifier's token
-# embeddings train too (at 1e-3 unless named); -conv: the ResNet convolutions are adapted as
-# well as the attention.
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 CONVOLUTIONS = ATTENTION + ["conv1", "conv2"]
+AFRICAN_IN_FOUR_CONTEXTS = ["an african fabric pattern", "a dress made of african fabric pattern",
+                            "a ceramic vase decorated with african fabric pattern",
+                            "a cushion made of african fabric pattern"]
+
+
+def flags(text_encoder, identifier_learning_rate=None, empty_prompts=0.0, targets=ATTENTION, extra=()):
+    """exercise3b's flags for one setting: text-encoder LoRA on or off, the identifier's embeddings
+    trained at this learning rate (None: not trained), the share of empty instance prompts."""
+    identifier = (["--train-identifier", "--identifier-learning-rate", str(identifier_learning_rate)]
+                  if identifier_learning_rate else ["--no-train-identifier"])
+    return ["--train-text-encoder" if text_encoder else "--no-train-text-encoder", *identifier,
+            "--proportion-empty-prompts", str(empty_prompts), "--lora-targets", *targets, *extra]
+
+
+# unet-: the text encoder stays frozen; te-: its attention gets a LoRA too; identifier: the
+# identifier's token embeddings train (at 1e-3 unless named); empty: that share of instance
+# images trains with the empty prompt; conv: the ResNet convolutions are adapted as well.
 SETTINGS = {
-    "unet-attention": ["--no-train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION],
-    "unet-attention-conv": ["--no-train-text-encoder", "--no-train-identifier", "--lora-targets", *CONVOLUTIONS],
-    "te-attention": ["--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION],
-    "te-attention-conv": ["--train-text-encoder", "--no-train-identifier", "--lora-targets", *CONVOLUTIONS],
-    "te-attention-class-african": [
-        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION,
-        "--class-prompt", "an african fabric pattern"],
-    "te-attention-four-contexts": [
-        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION,
-        "--class-prompt", "an african fabric pattern", "a dress made of african fabric pattern",
-        "a ceramic vase decorated with african fabric pattern",
-        "a cushion made of african fabric pattern"],
-    "te-attention-prior3": [
-        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION, "--prior-loss-weight", "3"],
-    "te-attention-class-african-prior3": [
-        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION,
-        "--class-prompt", "an african fabric pattern", "--prior-loss-weight", "3"],
-    "te-attention-1600": [
-        "--train-text-encoder", "--no-train-identifier", "--lora-targets", *ATTENTION, "--max-train-steps", "1600"],
-    "identifier-unet-attention": [
-        "--no-train-text-encoder", "--train-identifier", "--identifier-learning-rate", "1e-3",
-        "--lora-targets", *ATTENTION],
-    "identifier-unet-attention-class-african": [
-        "--no-train-text-encoder", "--train-identifier", "--identifier-learning-rate", "1e-3",
-        "--lora-targets", *ATTENTION, "--class-prompt", "an african fabric pattern"],
-    "identifier-te-attention": [
-        "--train-text-encoder", "--train-identifier", "--identifier-learning-rate", "1e-3",
-        "--lora-targets", *ATTENTION],
-    "identifier-5e-3-unet-attention": [
-        "--no-train-text-encoder", "--train-identifier", "--identifier-learning-rate", "5e-3",
-        "--lora-targets", *ATTENTION],
-    "identifier-5e-3-te-attention": [
-        "--train-text-encoder", "--train-identifier", "--identifier-learning-rate", "5e-3",
-        "--lora-targets", *ATTENTION],
+    "unet-attention": flags(False),
+    "unet-attention-conv": flags(False, targets=CONVOLUTIONS),
+    "te-attention": flags(True),
+    "te-attention-conv": flags(True, targets=CONVOLUTIONS),
+    "te-attention-class-african": flags(True, extra=["--class-prompt", "an african fabric pattern"]),
+    "te-attention-four-contexts": flags(True, extra=["--class-prompt", *AFRICAN_IN_FOUR_CONTEXTS]),
+    "te-attention-prior3": flags(True, extra=["--prior-loss-weight", "3"]),
+    "te-attention-class-african-prior3": flags(
+        True, extra=["--class-prompt", "an african fabric pattern", "--prior-loss-weight", "3"]),
+    "te-attention-1600": flags(True, extra=["--max-train-steps", "1600"]),
+    "te-attention-unconditional-prior": flags(True, extra=["--class-prompt", "a fabric pattern", ""]),
+    "identifier-unet-attention": flags(False, 1e-3),
+    "identifier-unet-attention-class-african": flags(
+        False, 1e-3, extra=["--class-prompt", "an african fabric pattern"]),
+    "identifier-te-attention": flags(True, 1e-3),
+    "identifier-5e-3-te-attention": flags(True, 5e-3),
+    "identifier-5e-3-te-attention-empty-0.05": flags(True, 5e-3, empty_prompts=0.05),
+    "identifier-te-attention-empty-0.05": flags(True, 1e-3, empty_prompts=0.05),
+    "te-attention-empty-0.05": flags(True, empty_prompts=0.05),
 }
 
 

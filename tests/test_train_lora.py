@@ -106,7 +106,7 @@ def test_resume_continues_exactly(tiny_pipeline_dir, instance_dir, tmp_path, tex
     assert (split / "out" / "exercise3b_loss_curves.png").is_file()
 
 
-@pytest.mark.parametrize("setting", ["text-encoder"])
+@pytest.mark.parametrize("setting", ["text-encoder", "identifier"])
 def test_text_encoder_and_identifier_training_follow_the_base_model_unless_asked(setting):
     trains = trainer.text_encoder_trains if setting == "text-encoder" else trainer.identifier_trains
     args = trainer.parse_args([])
@@ -119,6 +119,20 @@ def test_text_encoder_and_identifier_training_follow_the_base_model_unless_asked
             args = trainer.parse_args([flag])
             args.base_model = base
             assert trains(args) is expected
+
+
+def test_proportion_empty_prompts_follows_the_base_model_and_must_leave_some_instance_captions(capsys):
+    args = trainer.parse_args([])
+    for base, expected in (("micro", trainer.MICRO_EMPTY_PROMPT_SHARE),
+                           ("stable-diffusion-v1-5/stable-diffusion-v1-5", 0.0)):  # diffusers' default
+        args.base_model = base
+        assert trainer.empty_prompt_share(args) == expected
+    args = trainer.parse_args(["--proportion-empty-prompts", "0.1"])
+    args.base_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert trainer.empty_prompt_share(args) == 0.1
+    with pytest.raises(SystemExit):
+        trainer.parse_args(["--proportion-empty-prompts", "1"])
+    assert "must be at least 0 and below 1" in capsys.readouterr().err
 
 
 def test_identifier_missing_from_the_instance_prompt_is_refused_in_one_line(capsys):
@@ -258,6 +272,39 @@ def test_text_encoder_embeddings_are_computed_with_gradients_when_it_trains(tiny
     generator = torch.Generator().manual_seed(0)
     assert not frozen.draw("instance", 2, generator)[1].requires_grad
     assert training.draw("instance", 2, generator)[1].requires_grad
+
+
+def test_proportion_empty_prompts_captions_that_share_of_instance_images_with_the_empty_prompt(
+        tiny_pipeline_dir, instance_dir):
+    from common.pipeline import load_pipeline
+    from common.training_images import load_training_images
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
+    images = load_training_images(instance_dir, 32)
+    prompts = {"instance": "a sks african fabric pattern", "class": "a fabric pattern"}
+    roles = {"instance": images, "class": images[::-1]}
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        instance, empty, class_embedding = (trainer.encode_prompt(pipe, p, cpu)
+                                            for p in (prompts["instance"], "", prompts["class"]))
+    plain = trainer.Encoders(pipe, roles, prompts, True, True, False, cpu, torch.float32)
+    unset = trainer.Encoders(pipe, roles, prompts, True, True, False, cpu, torch.float32, {"instance": 0.0})
+    half = trainer.Encoders(pipe, roles, prompts, True, True, False, cpu, torch.float32, {"instance": 0.5})
+    # a share of 0 draws nothing extra: the same images, flips and captions as before
+    a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for role in roles:
+            assert all(torch.equal(x, y) for x, y in zip(plain.draw(role, 2, a), unset.draw(role, 2, b)))
+    generator, emptied = torch.Generator().manual_seed(0), 0
+    for _ in range(100):
+        _, embeddings = half.draw("instance", 2, generator)
+        for embedding in embeddings:
+            is_empty = torch.equal(embedding, empty[0])
+            assert is_empty or torch.equal(embedding, instance[0])
+            emptied += is_empty
+        _, class_embeddings = half.draw("class", 2, generator)
+        assert all(torch.equal(e, class_embedding[0]) for e in class_embeddings)  # class captions are kept
+    assert 70 <= emptied <= 130  # half of 200, give or take 3 standard deviations
 
 
 def test_each_class_image_is_paired_with_the_prompt_that_drew_it(tiny_pipeline_dir, instance_dir):
