@@ -421,6 +421,7 @@ def test_existing_adapter_is_never_overwritten_silently(tiny_pipeline_dir, insta
     shutil.copytree(tiny_lora_dir, tmp_path / "lora")
     # an earlier run's text-encoder LoRA must not be left to load beside the new UNet LoRA
     shutil.copytree(tiny_lora_dir, tmp_path / "lora" / "text_encoder")
+    (tmp_path / "lora" / "identifier_embeddings.safetensors").write_bytes(b"an earlier run's")  # the same
     original = (tmp_path / "lora" / "adapter_model.safetensors").read_bytes()
     refused(train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 1), capsys, "--overwrite")
     assert (tmp_path / "lora" / "adapter_model.safetensors").read_bytes() == original
@@ -430,6 +431,8 @@ def test_existing_adapter_is_never_overwritten_silently(tiny_pipeline_dir, insta
     assert len(backups) == 1 and backups[0].read_bytes() == original
     assert not (tmp_path / "lora" / "text_encoder").exists()
     assert (backups[0].parent / "text_encoder" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "lora" / "identifier_embeddings.safetensors").exists()  # tiny base: not trained
+    assert (backups[0].parent / "identifier_embeddings.safetensors").read_bytes() == b"an earlier run's"
 
 
 def test_resume_with_other_settings_is_refused(tiny_pipeline_dir, instance_dir, tmp_path, capsys):
