@@ -27,7 +27,8 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
-from common.identifier_embeddings import IDENTIFIER_FILE, attached, load_identifier_embeddings, set_scale
+from common.identifier_embeddings import (IDENTIFIER_FILE, attached, load_identifier_embeddings,
+                                          read_identifier_embeddings, set_scale)
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -173,6 +174,11 @@ class LoraFile:
     state_dict: dict
     config_kwargs: dict = None  # PEFT's LoraConfig arguments (kind "peft" only)
     text_encoder: "LoraFile" = None  # the PEFT text_encoder/ subfolder, where there is one
+    identifier: tuple = None  # (word, vectors) of identifier_embeddings.safetensors beside it, where there is one
+
+    @property
+    def identifier_file(self):
+        return (self.location if self.kind == "peft" else self.location.parent) / IDENTIFIER_FILE
 
 
 def read_lora(path):
@@ -184,8 +190,12 @@ def read_lora(path):
         text_encoder = None
         if (location / TEXT_ENCODER_FOLDER / PEFT_WEIGHTS).is_file():
             text_encoder = read_lora(location / TEXT_ENCODER_FOLDER)
-        return LoraFile(str(path), kind, location, state_dict, peft_lora_config_kwargs(location), text_encoder)
-    return LoraFile(str(path), kind, location, read_safetensors(location))
+        lora = LoraFile(str(path), kind, location, state_dict, peft_lora_config_kwargs(location), text_encoder)
+    else:
+        lora = LoraFile(str(path), kind, location, read_safetensors(location))
+    if lora.identifier_file.is_file():
+        lora.identifier = read_identifier_embeddings(lora.identifier_file)
+    return lora
 
 
 def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
@@ -221,9 +231,8 @@ def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
         raise UserError(f"only {len(layers)} of the {expected} LoRA layers in {lora.source} were loaded into the "
                         "model; the file does not match this base model or this loader")
     loaded = LoadedAdapter("LoRA", lora.source, layers=len(layers))
-    identifier_file = (lora.location if lora.kind == "peft" else lora.location.parent) / IDENTIFIER_FILE
-    if identifier_file.is_file():
-        loaded.token = load_identifier_embeddings(pipe, identifier_file)
+    if lora.identifier is not None:
+        loaded.token = load_identifier_embeddings(pipe, lora.identifier_file, lora.identifier)
         loaded.identifier_tokens = len(attached(pipe.text_encoder).token_ids)
     if weight is not None:
         pipe.set_adapters([adapter_name], adapter_weights=[weight])

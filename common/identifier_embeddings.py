@@ -99,15 +99,25 @@ def save_identifier_embeddings(folder, tokenizer, identifier, word):
     return path
 
 
-def load_identifier_embeddings(pipe, path):
-    """Hook the vectors of an identifier_embeddings.safetensors file into pipe.text_encoder.
-
-    Returns the identifier word the file was trained for."""
+def read_identifier_embeddings(path):
+    """(identifier word, {token piece: vector}) from a file, checked before any model is loaded;
+    a damaged file is a one-line UserError."""
     from safetensors import safe_open
 
+    from common.adapters import read_safetensors  # here, not at the top: common.adapters imports this module
+
+    vectors = read_safetensors(path)
     with safe_open(str(path), framework="pt") as handle:
         word = (handle.metadata() or {}).get("identifier", "?")
-        vectors = {piece: handle.get_tensor(piece) for piece in handle.keys()}
+    return word, vectors
+
+
+def load_identifier_embeddings(pipe, path, read=None):
+    """Hook the vectors of an identifier_embeddings.safetensors file into pipe.text_encoder.
+
+    `read`: what read_identifier_embeddings(path) returned, if it was read already.
+    Returns the identifier word the file was trained for."""
+    word, vectors = read or read_identifier_embeddings(path)
     vocabulary = pipe.tokenizer.get_vocab()
     unknown = [piece for piece in vectors if piece not in vocabulary]
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]

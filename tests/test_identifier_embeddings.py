@@ -1,6 +1,8 @@
 """The identifier's trained token embeddings: they change "sks" prompts only, switch off exactly, and
 refuse a file made for another base model."""
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -65,6 +67,18 @@ def test_gradients_reach_the_vectors_only_through_identifier_prompts(load_tiny_p
         pipe.text_encoder(ids)[0].square().sum().backward()
         grad = identifier.vectors.grad
         assert (grad is not None and bool(grad.abs().sum() > 0)) == reached, prompt
+
+
+def test_a_damaged_file_beside_a_lora_is_refused_in_one_line_before_any_model_loads(tiny_lora_dir, tmp_path):
+    from common.adapters import read_lora
+    from common.identifier_embeddings import IDENTIFIER_FILE
+
+    folder = tmp_path / "lora"
+    shutil.copytree(tiny_lora_dir, folder)
+    (folder / IDENTIFIER_FILE).write_bytes(b"half a file")
+    with pytest.raises(UserError, match="damaged or incomplete") as error:
+        read_lora(folder)
+    assert IDENTIFIER_FILE in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_file_for_another_base_model_is_refused(load_tiny_pipe, tmp_path):
