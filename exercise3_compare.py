@@ -57,7 +57,7 @@ def cost(summary_path, files):
 
 def main(argv=None):
     args = parse_args(argv)
-    device, dtype = pick_device(args.device)
+    device, dtype = pick_device(args.device, args.precision)
     _, where = resolve_base(args, device, role="trained_lora")
     lora = read_lora(args.lora_dir)
     read_textual_inversion(args.ti_file)

@@ -76,7 +76,7 @@ def parse_args(argv=None):
     train.add_argument("--learning-rate", type=positive_float, default=5e-4, help="AdamW learning rate")
     train.add_argument("--train-batch-size", type=positive_int, default=1, help="images per update")
     train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                       help="auto: fp16 on CUDA, none on CPU")
+                       help="auto: fp16 on CUDA, none on CPU (bf16 also runs on a CPU, slowly)")
     train.add_argument("--no-cache", dest="cache", action="store_false",
                        help="run the frozen VAE every update instead of once (slower; for measuring)")
     train.add_argument("--checkpoint-every", type=positive_int, default=500, help="updates between checkpoints")
@@ -136,8 +136,8 @@ def main(argv=None):
     from common.base_model import resolve_base
     from common.pipeline import load_pipeline
     from common.saving import save_figure, save_json, save_safetensors
-    from common.training import (load_checkpoint, make_accelerator, non_finite_loss_error, plot_loss_curves,
-                                 prepare_run, save_checkpoint, smooth)
+    from common.training import (LossLog, adamw, load_checkpoint, make_accelerator, plot_loss_curves,
+                                 prepare_run, sampling, save_checkpoint, smooth)
     from common.training_images import load_training_images
 
     # -----------------------------------------------------------------------
@@ -162,7 +162,7 @@ def main(argv=None):
     swap_in_learned_vector(pipe.text_encoder.get_input_embeddings(), token_id, vector)
     latents_of = LatentCache(pipe.vae, {"instance": images}, args.flip, args.cache, device, weight_dtype)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    optimizer = torch.optim.AdamW([vector], lr=args.learning_rate, weight_decay=1e-2)
+    optimizer = adamw([vector], device, lr=args.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
 
@@ -174,8 +174,10 @@ def main(argv=None):
                                 accelerator.process_index)
         first_update, history, elapsed_before = state["update"], state["history"], state["seconds"]
         print(f"resuming from {checkpoint} at update {first_update}")
+    losses = LossLog(history, args.adapter_dir)
 
     def save_state(update):
+        losses.flush()  # a non-finite loss stops the run here, before its weights are saved
         # Every process saves its own random state; process 0 also the shared rest.
         save_checkpoint(args.adapter_dir / f"checkpoint-{update}", {"vector": vector}, optimizer, lr_scheduler,
                         generator, {"update": update, "history": history, "settings": settings,
@@ -185,9 +187,11 @@ def main(argv=None):
     def save_progress_grid(update):
         if not accelerator.is_main_process:
             return
+        losses.flush()
         prompts = [template.format(args.placeholder_token) for template in PROGRESS_TEMPLATES]
-        pictures = generate(pipe, prompts, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
-                            guidance=args.guidance, batch_size=len(prompts), desc="progress grid")
+        with sampling(accelerator, []):
+            pictures = generate(pipe, prompts, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
+                                guidance=args.guidance, batch_size=len(prompts), desc="progress grid")
         save_figure(labelled_grid(pictures, prompts, cols=4, suptitle=f"after {update} updates"),
                     args.output_dir / "training_progress_ti" / f"step_{update:05d}.png")
 
@@ -209,24 +213,24 @@ def main(argv=None):
             with accelerator.autocast():
                 prediction = pipe.unet(noisy, timesteps, pipe.text_encoder(ids)[0]).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
-            if not torch.isfinite(loss):
-                raise non_finite_loss_error(loss, update + 1, args.adapter_dir)
             accelerator.backward(loss)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            history["total"].append(loss.item())
-            bar.set_postfix(loss=f"{smooth(history['total'])[-1]:.4f}")
+            if losses.add(total=loss):
+                losses.flush()
+                bar.set_postfix(loss=f"{losses.smoothed:.4f}")
             done = update + 1
             if done % args.checkpoint_every == 0 or done == args.max_train_steps:
                 save_state(done)
             if done % args.progress_every == 0 or done == args.max_train_steps:
                 save_progress_grid(done)
     except KeyboardInterrupt:
-        if history["total"]:
-            save_state(len(history["total"]))
-            print(f"saved {args.adapter_dir}/checkpoint-{len(history['total'])}; continue with --resume latest")
+        if losses.updates > first_update:
+            save_state(losses.updates)
+            print(f"saved {args.adapter_dir}/checkpoint-{losses.updates}; continue with --resume latest")
         raise
+    losses.flush()
     bar.close()
     seconds = elapsed_before + time.perf_counter() - started
 
@@ -248,6 +252,7 @@ def main(argv=None):
         "token": args.placeholder_token,
         "device": device.type,
         "mixed_precision": mixed_precision,
+        "frozen_weights_dtype": str(weight_dtype).removeprefix("torch."),
         "cached_latents": args.cache,
         "settings": settings,
     }

@@ -139,7 +139,10 @@ def parse_args(argv=None):
     train.add_argument("--train-batch-size", type=positive_int, default=1,
                        help="instance images per update (and as many class images)")
     train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                       help="auto: fp16 on CUDA, none on CPU")
+                       help="auto: fp16 on CUDA, none on CPU (bf16 also runs on a CPU, slowly)")
+    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default="auto",
+                       help="recompute the UNet's activations in the backward pass: less GPU memory, "
+                            "slower updates; auto: on only for a CUDA GPU too small to train without it")
     train.add_argument("--no-cache", dest="cache", action="store_false",
                        help="run the frozen VAE and text encoder every update instead of once (slower; "
                             "for measuring what caching saves)")
@@ -336,8 +339,9 @@ def main(argv=None):
     from common.base_model import resolve_base
     from common.pipeline import load_pipeline
     from common.saving import save_figure, save_json
-    from common.training import (load_checkpoint, make_accelerator, non_finite_loss_error, plot_loss_curves,
-                                 prepare_run, save_checkpoint, smooth)
+    from common.training import (LossLog, adamw, gradient_checkpointing_needed, load_checkpoint,
+                                 make_accelerator, plot_loss_curves, prepare_run, sampling, save_checkpoint,
+                                 smooth)
     from common.training_images import load_training_images
 
     # -----------------------------------------------------------------------
@@ -383,7 +387,10 @@ def main(argv=None):
     lora_configs, trainable = add_lora(pipe.unet, pipe.text_encoder, args)
     identifier = add_identifier_embeddings(pipe, args, trainable) if identifier_trains(args) else None
     unet = pipe.unet
-    if device.type == "cuda":
+    images_per_update = args.train_batch_size * (2 if args.prior_preservation else 1)
+    gradient_checkpointing = gradient_checkpointing_needed(args.gradient_checkpointing, device,
+                                                           images_per_update, args.resolution)
+    if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     parameter_groups = [{"params": [p for name, p in trainable.items() if name != IDENTIFIER_PARAMETER]}]
     if identifier is not None:
@@ -391,7 +398,7 @@ def main(argv=None):
         # no weight decay, which would pull them toward zero, the "means nothing" they start from.
         parameter_groups.append({"params": [identifier.vectors], "lr": args.identifier_learning_rate,
                                  "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(parameter_groups, lr=args.learning_rate, weight_decay=1e-2)
+    optimizer = adamw(parameter_groups, device, lr=args.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
@@ -409,8 +416,10 @@ def main(argv=None):
                                 accelerator.process_index)
         first_update, history, elapsed_before = state["update"], state["history"], state["seconds"]
         print(f"resuming from {checkpoint} at update {first_update}")
+    losses = LossLog(history, args.adapter_dir)
 
     def save_state(update):
+        losses.flush()  # a non-finite loss stops the run here, before its weights are saved
         # Every process saves its own random state; process 0 also the shared rest.
         save_checkpoint(args.adapter_dir / f"checkpoint-{update}",
                         {name: p for name, p in trainable.items()}, optimizer, lr_scheduler, generator,
@@ -421,12 +430,10 @@ def main(argv=None):
     def save_progress_grid(update):
         if not accelerator.is_main_process:
             return
-        for model in trained_models:
-            model.eval()
-        images = generate(pipe, PROGRESS_PROMPTS, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
-                          guidance=args.guidance, batch_size=len(PROGRESS_PROMPTS), desc="progress grid")
-        for model in trained_models:
-            model.train()
+        losses.flush()
+        with sampling(accelerator, trained_models):
+            images = generate(pipe, PROGRESS_PROMPTS, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
+                              guidance=args.guidance, batch_size=len(PROGRESS_PROMPTS), desc="progress grid")
         save_figure(labelled_grid(images, PROGRESS_PROMPTS, cols=4, suptitle=f"after {update} updates"),
                     args.output_dir / "training_progress_lora" / f"step_{update:05d}.png")
 
@@ -443,9 +450,6 @@ def main(argv=None):
         for update in bar:
             total, instance, prior = training_step(unet, noise_scheduler, encoders, args.train_batch_size,
                                                    generator, args.prior_preservation, args.prior_loss_weight)
-            if not torch.isfinite(total):
-                # Nothing of this update is applied or saved; earlier checkpoints stay as they are.
-                raise non_finite_loss_error(total, update + 1, args.adapter_dir)
             accelerator.backward(total)
             if identifier is not None and accelerator.num_processes > 1:
                 # The vectors sit outside any model Accelerate wrapped, so their gradients are averaged here.
@@ -455,21 +459,20 @@ def main(argv=None):
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            history["total"].append(total.item())
-            history["instance"].append(instance.item())
-            if prior is not None:
-                history["prior"].append(prior.item())
-            bar.set_postfix(loss=f"{smooth(history['total'])[-1]:.4f}")
+            if losses.add(total=total, instance=instance, prior=prior):
+                losses.flush()
+                bar.set_postfix(loss=f"{losses.smoothed:.4f}")
             done = update + 1
             if done % args.checkpoint_every == 0 or done == args.max_train_steps:
                 save_state(done)
             if done % args.progress_every == 0 or done == args.max_train_steps:
                 save_progress_grid(done)
     except KeyboardInterrupt:
-        if history["total"]:
-            save_state(len(history["total"]))
-            print(f"saved {args.adapter_dir}/checkpoint-{len(history['total'])}; continue with --resume latest")
+        if losses.updates > first_update:
+            save_state(losses.updates)
+            print(f"saved {args.adapter_dir}/checkpoint-{losses.updates}; continue with --resume latest")
         raise
+    losses.flush()
     bar.close()
     seconds = elapsed_before + time.perf_counter() - started
 
@@ -501,6 +504,8 @@ def main(argv=None):
         "identifier_token_embeddings": 0 if identifier is None else len(identifier.token_ids),
         "device": device.type,
         "mixed_precision": mixed_precision,
+        "frozen_weights_dtype": str(weight_dtype).removeprefix("torch."),
+        "gradient_checkpointing": gradient_checkpointing,
         "cached_encoders": args.cache,
         "settings": settings,
     }
@@ -513,9 +518,8 @@ def main(argv=None):
     if args.base_model == MICRO and JUDGE_FILE.is_file():
         from micro.evaluate import subject_report
 
-        for model in trained_models:
-            model.eval()
-        summary["judge"] = subject_report(pipe, instance_images, steps=args.steps, guidance=args.guidance)
+        with sampling(accelerator, trained_models):
+            summary["judge"] = subject_report(pipe, instance_images, steps=args.steps, guidance=args.guidance)
         for name, numbers in summary["judge"].items():
             print(f"judge, {name}: similarity to training images {numbers['similarity_to_training_images']}, "
                   f"judged as the subject {numbers['judged_as_subject_family']:.0%}, "

@@ -83,6 +83,10 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, ada
         add_adapter_flags(model)
     model.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                        help="where to run; auto picks cuda, then mps, then cpu")
+    if adapters:
+        model.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                           help="the weights' number format; auto: fp16 on CUDA, fp32 elsewhere "
+                                "(bf16 also runs on a CPU, slowly)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps per image")
     sampling.add_argument("--guidance", type=non_negative_float, default=7.5,

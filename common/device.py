@@ -2,7 +2,9 @@
 
 fp16 halves memory and doubles speed on a CUDA GPU; on a CPU it is slow and
 some kernels are missing, so the CPU (and Apple's MPS, where fp16 attention
-still produces black images on some versions) uses fp32.
+still produces black images on some versions) uses fp32 unless asked.
+`--precision bf16` also runs on a CPU: that is how the tests check the
+half-precision path without a GPU.
 """
 
 import torch
@@ -10,8 +12,12 @@ import torch
 from common.errors import UserError
 
 
-def pick_device(requested="auto"):
-    """Return (torch.device, dtype) for 'auto', 'cuda', 'mps' or 'cpu'."""
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(requested="auto", precision="auto"):
+    """Return (torch.device, dtype) for 'auto', 'cuda', 'mps' or 'cpu' and a --precision
+    ('auto': fp16 on CUDA, fp32 elsewhere)."""
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if requested == "auto":
@@ -21,5 +27,10 @@ def pick_device(requested="auto"):
                         "use --device cpu (or auto), or install a CUDA build of torch")
     if requested == "mps" and not mps:
         raise UserError("--device mps was asked for but this machine has no Apple MPS; use --device cpu (or auto)")
-    dtype = torch.float16 if requested == "cuda" else torch.float32
-    return torch.device(requested), dtype
+    if precision == "auto":
+        precision = "fp16" if requested == "cuda" else "fp32"
+    if requested == "cuda":
+        # TF32 for whatever still runs in fp32 (the LoRA's own matmuls, the loss): free speed on
+        # Ampere and newer, and precise enough for training, as PyTorch's docs say.
+        torch.set_float32_matmul_precision("high")
+    return torch.device(requested), PRECISIONS[precision]

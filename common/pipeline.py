@@ -114,7 +114,7 @@ def load_personalized_pipeline(args):
     from common.base_model import describe, resolve_base
     from common.device import pick_device
 
-    device, dtype = pick_device(args.device)
+    device, dtype = pick_device(args.device, args.precision)
     base, where = resolve_base(args, device)
     # Adapter files are small: read and check them before spending a minute on the base model.
     lora_dir = None if str(args.lora_dir).lower() in ("", "none") else args.lora_dir

@@ -7,7 +7,9 @@ generator, the loss history) and hold it as safetensors + JSON, never pickle:
 the optimizer's tensors are stored flat under names like `state/3/exp_avg`.
 """
 
+import contextlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +35,80 @@ def smooth(values, weight=0.95):
         average = weight * average + (1 - weight) * value
         smoothed.append(average / (1 - weight ** count))
     return smoothed
+
+
+class LossLog:
+    """The losses of every update, read from the device in batches.
+
+    Reading a GPU number on the CPU (`loss.item()`, `if not torch.isfinite(loss)`)
+    makes Python wait until the GPU has finished all queued work, so the GPU
+    idles while Python prepares the next update. The losses therefore stay on
+    the device and are read `every` updates, and always before anything is
+    saved, so a non-finite loss still stops the run before a checkpoint or
+    adapter holds its weights. The smoothed loss for the progress bar is kept
+    as a running average instead of being recomputed over the whole history.
+    """
+
+    def __init__(self, history, adapter_dir, every=20, weight=0.95):
+        self.history, self.adapter_dir, self.every, self.weight = history, adapter_dir, every, weight
+        self.pending = []
+        self.average, self.count = 0.0, 0
+        for value in history["total"]:
+            self._average_in(value)
+
+    def _average_in(self, value):
+        self.count += 1
+        self.average = self.weight * self.average + (1 - self.weight) * value
+
+    @property
+    def smoothed(self):
+        """The bias-corrected moving average of the total loss (what `smooth` gives last)."""
+        return self.average / (1 - self.weight ** self.count) if self.count else float("nan")
+
+    @property
+    def updates(self):
+        return len(self.history["total"]) + len(self.pending)
+
+    def add(self, **losses):
+        """Record one update's losses (tensors; None for a loss this run does not have)."""
+        self.pending.append({name: value.detach() for name, value in losses.items() if value is not None})
+        return len(self.pending) >= self.every
+
+    def flush(self):
+        """Read the pending losses (one wait for the device), check them, append them to the history."""
+        if not self.pending:
+            return
+        names = list(self.pending[0])
+        rows = torch.stack([torch.stack([losses[name].float() for name in names])
+                            for losses in self.pending]).cpu().tolist()
+        first = len(self.history["total"]) + 1
+        self.pending = []
+        for offset, row in enumerate(rows):
+            if not all(math.isfinite(value) for value in row):
+                raise non_finite_loss_error(row[names.index("total")], first + offset, self.adapter_dir)
+            for name, value in zip(names, row):
+                self.history[name].append(value)
+            self._average_in(row[names.index("total")])
+
+
+@contextlib.contextmanager
+def sampling(accelerator, trained_models):
+    """Draw pictures mid-training with exactly the weights being trained.
+
+    Under mixed precision `accelerator.prepare` makes the prepared model return
+    fp32, and the pipeline shares that model, so fp32 latents would reach the
+    fp16/bf16 VAE ("Input type (float) and bias type (c10::Half) should be the
+    same"). Sampling under the same autocast as training lets every layer take
+    its input in the format it computes in.
+    """
+    for model in trained_models:
+        model.eval()
+    try:
+        with torch.no_grad(), accelerator.autocast():
+            yield
+    finally:
+        for model in trained_models:
+            model.train()
 
 
 def plot_loss_curves(history, path, title):
@@ -190,12 +266,46 @@ def make_accelerator(device, mixed_precision):
 
     if mixed_precision == "auto":
         mixed_precision = "fp16" if device.type == "cuda" else "no"
+    # Accelerate keeps one precision per process and refuses a second Accelerator with another
+    # (a notebook that trains twice, the tests). Outside `accelerate launch` nothing else shares
+    # that state, so the previous run's is dropped; the distributed set-up itself is kept.
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     return accelerator, accelerator.device, weight_dtype, mixed_precision
 
 
+# Gradient checkpointing recomputes activations in the backward pass instead of
+# keeping them: it saves memory and costs time (docs/performance.md has both).
+# Auto turns it on only where the peak without it would not fit; this model of
+# that peak (SD 1.5's frozen fp16 weights, plus activations per training image)
+# is fitted to the peak measured there.
+PEAK_WITHOUT_CHECKPOINTING_GIB = {"weights": 2.2, "per_image_at_512px": 1.25}
+
+
+def gradient_checkpointing_needed(setting, device, images_per_update, resolution):
+    """--gradient-checkpointing: True/False as given; auto: on only for a CUDA GPU too small to train without."""
+    if setting != "auto":
+        return setting
+    if device.type != "cuda":
+        return False
+    need = (PEAK_WITHOUT_CHECKPOINTING_GIB["weights"]
+            + PEAK_WITHOUT_CHECKPOINTING_GIB["per_image_at_512px"] * images_per_update * (resolution / 512) ** 2)
+    total = torch.cuda.get_device_properties(device).total_memory / 1024 ** 3
+    return total < need + 1.5  # headroom: the CUDA context, the allocator's cache, the progress grids
+
+
+def adamw(parameter_groups, device, **options):
+    """AdamW; on CUDA its fused kernel, which updates all weights in one launch and, under fp16,
+    lets the gradient scaler skip an overflowed step without waiting for the GPU."""
+    return torch.optim.AdamW(parameter_groups, fused=device.type == "cuda", **options)
+
+
 def non_finite_loss_error(loss, update, adapter_dir):
-    return UserError(f"the loss became {loss.item()} at update {update}; nothing was saved from it "
+    """The one-line error for a NaN or infinite loss (`loss`: a number)."""
+    return UserError(f"the loss became {float(loss)} at update {update}; nothing was saved from it "
                      f"(checkpoints in {adapter_dir} are intact): lower --learning-rate or "
                      "use --mixed-precision no, then --resume latest")

@@ -84,6 +84,31 @@ def test_morph_gif_loops_with_every_frame(tiny_pipeline_dir, tiny_lora_dir, tmp_
     assert gif.size == (32, 32)
 
 
+@pytest.mark.parametrize("script", ["exercise1", "exercise2", "morph", "compare"])
+def test_every_generation_script_runs_in_half_precision(script, tiny_pipeline_dir, tiny_lora_dir, tmp_path, capsys):
+    """fp16 on CUDA is the course's main path; bf16 on the CPU runs the same half-precision code here:
+    the weights, the LoRA loaded into them, the morph's own starting latents."""
+    import torch
+    from safetensors.torch import save_file
+
+    import exercise3_compare
+
+    module, extra = {
+        "exercise1": (exercise1_generate, []), "exercise2": (exercise2_explore, ["--part", "a"]),
+        "morph": (generate_dreambooth_morph, ["--frames", 3, "--keyframes", 3, "--batch-size", 3]),
+        "compare": (exercise3_compare, ["--ti-file", tmp_path / "learned_embeds.safetensors"]),
+    }[script]
+    save_file({"<african-fabric>": torch.randn(32)}, str(tmp_path / "learned_embeds.safetensors"))
+    out = tmp_path / "out"
+    assert run_main(module, ["--base-model", tiny_pipeline_dir, "--lora-dir", tiny_lora_dir, "--precision", "bf16",
+                             "--output-dir", out, *TINY, *extra]) == 0
+    printed = capsys.readouterr().out
+    if script == "exercise1":
+        assert "bfloat16" in printed.splitlines()[0] and "32 layers, scale 8.0" in printed.splitlines()[0]
+    pictures = [path for path in out.rglob("*") if path.suffix in (".png", ".gif")]
+    assert pictures and all(Image.open(path).convert("RGB").getextrema() != ((0, 0),) * 3 for path in pictures)
+
+
 def test_morph_latents_loop_back_through_every_keyframe():
     import torch
 

@@ -474,3 +474,41 @@ def test_class_image_cache_follows_the_base_models_weights(tiny_pipeline_dir, tm
     assert class_image_folder(tmp_path, str(tiny_pipeline_dir), "a fabric pattern", 32) != before
     # a hub id has no local files: its name alone keys the cache
     assert class_image_folder(tmp_path, "org/model", "a", 32) == class_image_folder(tmp_path, "org/model", "a", 32)
+
+
+def test_bf16_mixed_precision_trains_and_draws_progress_grids(tiny_pipeline_dir, instance_dir, tmp_path):
+    """The CUDA course's path on the CPU: frozen weights in half precision, trainable ones in fp32,
+    progress grids drawn mid-training with the model Accelerate prepared (they crashed in the VAE)."""
+    from safetensors.torch import load_file
+
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2,
+                                        "--progress-every", 1, "--mixed-precision", "bf16",
+                                        "--train-text-encoder", "--train-identifier")) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "training_progress_lora").iterdir()) == \
+        ["step_00001.png", "step_00002.png"]
+    summary = json.loads((tmp_path / "out" / "exercise3b_summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16" and summary["frozen_weights_dtype"] == "bfloat16"
+    assert summary["gradient_checkpointing"] is False  # auto, on a CPU
+    for name in ["adapter_model.safetensors", "text_encoder/adapter_model.safetensors",
+                 "identifier_embeddings.safetensors"]:
+        saved = load_file(str(tmp_path / "lora" / name))
+        assert {tensor.dtype for tensor in saved.values()} == {torch.float32}, name
+    lora_b = [t for k, t in load_file(str(tmp_path / "lora" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert all(torch.isfinite(t).all() for t in lora_b) and any(t.abs().sum() > 0 for t in lora_b)  # B left zero
+
+
+def test_gradient_checkpointing_flag_trains_the_same_adapter(tiny_pipeline_dir, instance_dir, tmp_path):
+    """Recomputing activations changes memory and time, not the arithmetic's result."""
+    from safetensors.torch import load_file
+
+    adapters = []
+    for flag in ("--gradient-checkpointing", "--no-gradient-checkpointing"):
+        folder = tmp_path / flag
+        assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, folder, "--max-train-steps", 2,
+                                            flag)) == 0
+        summary = json.loads((folder / "out" / "exercise3b_summary.json").read_text())
+        assert summary["gradient_checkpointing"] is (flag == "--gradient-checkpointing")
+        adapters.append(load_file(str(folder / "lora" / "adapter_model.safetensors")))
+    # B moved by about lr per update in both; a recomputed forward may differ in the last bits only
+    for key, tensor in adapters[0].items():
+        assert torch.allclose(tensor, adapters[1][key], atol=1e-5), key

@@ -74,3 +74,15 @@ def test_ti_vs_lora_comparison(tiny_pipeline_dir, tiny_lora_dir, tmp_path):
                                         "--output-dir", out, "--steps", 2, "--resolution", 32]) == 0
     width, height = Image.open(out / "exercise3_ti_vs_lora.png").size
     assert 0.9 < width / height < 2.0  # four columns, three rows
+
+
+def test_bf16_mixed_precision_trains_the_word_in_fp32_and_draws_progress_grids(tiny_pipeline_dir, instance_dir,
+                                                                               tmp_path):
+    pipe, vector = trainer.main(ti_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2,
+                                        "--progress-every", 1, "--mixed-precision", "bf16"))
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16 and vector.dtype == torch.float32
+    assert len(list((tmp_path / "out" / "training_progress_ti").glob("step_*.png"))) == 2
+    saved = load_file(str(tmp_path / "ti" / "learned_embeds.safetensors"))["<african-fabric>"]
+    assert saved.dtype == torch.float32 and torch.isfinite(saved).all()
+    summary = json.loads((tmp_path / "out" / "exercise3a_summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16" and summary["frozen_weights_dtype"] == "bfloat16"
