@@ -136,7 +136,7 @@ def main(argv=None):
     from common.base_model import resolve_base
     from common.pipeline import load_pipeline
     from common.saving import save_figure, save_json, save_safetensors
-    from common.training import (LossLog, adamw, load_checkpoint, make_accelerator, plot_loss_curves,
+    from common.training import (LossLog, PhaseClock, adamw, load_checkpoint, make_accelerator, plot_loss_curves,
                                  prepare_run, sampling, save_checkpoint, smooth)
     from common.training_images import load_training_images
 
@@ -175,21 +175,23 @@ def main(argv=None):
         first_update, history, elapsed_before = state["update"], state["history"], state["seconds"]
         print(f"resuming from {checkpoint} at update {first_update}")
     losses = LossLog(history, args.adapter_dir)
+    clock = PhaseClock()
 
     def save_state(update):
         losses.flush()  # a non-finite loss stops the run here, before its weights are saved
         # Every process saves its own random state; process 0 also the shared rest.
-        save_checkpoint(args.adapter_dir / f"checkpoint-{update}", {"vector": vector}, optimizer, lr_scheduler,
-                        generator, {"update": update, "history": history, "settings": settings,
-                                    "seconds": elapsed_before + time.perf_counter() - started},
-                        rank=accelerator.process_index)
+        with clock.phase("checkpoints"):
+            save_checkpoint(args.adapter_dir / f"checkpoint-{update}", {"vector": vector}, optimizer, lr_scheduler,
+                            generator, {"update": update, "history": history, "settings": settings,
+                                        "seconds": elapsed_before + time.perf_counter() - started},
+                            rank=accelerator.process_index)
 
     def save_progress_grid(update):
         if not accelerator.is_main_process:
             return
         losses.flush()
         prompts = [template.format(args.placeholder_token) for template in PROGRESS_TEMPLATES]
-        with sampling(accelerator, []):
+        with clock.phase("progress grids"), sampling(accelerator, []):
             pictures = generate(pipe, prompts, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
                                 guidance=args.guidance, batch_size=len(prompts), desc="progress grid")
         save_figure(labelled_grid(pictures, prompts, cols=4, suptitle=f"after {update} updates"),
@@ -199,38 +201,44 @@ def main(argv=None):
     # Step 3: the loop. The text encoder must run every update (its input,
     # the new vector, changes); the VAE's latents come from the cache.
     # -----------------------------------------------------------------------
+    # The captions' token ids never change: tokenize the templates once.
+    captions = [template.format(args.placeholder_token) for template in STYLE_TEMPLATES]
+    caption_ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(device)
     started = time.perf_counter()
+    first_update_seconds = 0.0
     bar = tqdm(range(first_update, args.max_train_steps), initial=first_update, total=args.max_train_steps,
                desc="TI updates", disable=not accelerator.is_main_process)
-    try:
-        for update in bar:
-            latents = latents_of.draw("instance", args.train_batch_size, generator)
-            picks = torch.randint(0, len(STYLE_TEMPLATES), (args.train_batch_size,), generator=generator).tolist()
-            captions = [STYLE_TEMPLATES[i].format(args.placeholder_token) for i in picks]
-            ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(device)
-            noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator)
-            with accelerator.autocast():
-                prediction = pipe.unet(noisy, timesteps, pipe.text_encoder(ids)[0]).sample
-            loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
-            accelerator.backward(loss)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if losses.add(total=loss):
-                losses.flush()
-                bar.set_postfix(loss=f"{losses.smoothed:.4f}")
-            done = update + 1
-            if done % args.checkpoint_every == 0 or done == args.max_train_steps:
-                save_state(done)
-            if done % args.progress_every == 0 or done == args.max_train_steps:
-                save_progress_grid(done)
-    except KeyboardInterrupt:
-        if losses.updates > first_update:
-            save_state(losses.updates)
-            print(f"saved {args.adapter_dir}/checkpoint-{losses.updates}; continue with --resume latest")
-        raise
-    losses.flush()
+    with clock.phase("training"):
+        try:
+            for update in bar:
+                latents = latents_of.draw("instance", args.train_batch_size, generator)
+                picks = torch.randint(0, len(STYLE_TEMPLATES), (args.train_batch_size,), generator=generator)
+                noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator)
+                with accelerator.autocast():
+                    embeddings = pipe.text_encoder(caption_ids[picks.to(device)])[0]
+                    prediction = pipe.unet(noisy, timesteps, embeddings).sample
+                loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+                accelerator.backward(loss)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if losses.add(total=loss) or update == first_update:
+                    losses.flush()  # after the first update too: its time (warm-up) is reported apart
+                    bar.set_postfix(loss=f"{losses.smoothed:.4f}")
+                    if update == first_update:
+                        first_update_seconds = time.perf_counter() - started
+                done = update + 1
+                if done % args.checkpoint_every == 0 or done == args.max_train_steps:
+                    save_state(done)
+                if done % args.progress_every == 0 or done == args.max_train_steps:
+                    save_progress_grid(done)
+        except KeyboardInterrupt:
+            if losses.updates > first_update:
+                save_state(losses.updates)
+                print(f"saved {args.adapter_dir}/checkpoint-{losses.updates}; continue with --resume latest")
+            raise
+        losses.flush()
     bar.close()
     seconds = elapsed_before + time.perf_counter() - started
 
@@ -255,10 +263,12 @@ def main(argv=None):
         "frozen_weights_dtype": str(weight_dtype).removeprefix("torch."),
         "cached_latents": args.cache,
         "settings": settings,
+        **clock.summary(losses.updates - first_update, first_update_seconds),
     }
     save_json(summary, args.output_dir / "exercise3a_summary.json")
     print(f"wrote {path} ({path.stat().st_size} bytes, token {args.placeholder_token}), "
-          f"{args.output_dir / 'exercise3a_loss_curve.png'}; {len(history['total'])} updates in {seconds:.0f} s")
+          f"{args.output_dir / 'exercise3a_loss_curve.png'}, {args.output_dir / 'exercise3a_summary.json'}")
+    print(clock.describe(losses.updates - first_update, first_update_seconds))
     return pipe, vector  # for inspection (the tests check that nothing else changed)
 
 

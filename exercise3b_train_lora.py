@@ -339,7 +339,7 @@ def main(argv=None):
     from common.base_model import resolve_base
     from common.pipeline import load_pipeline
     from common.saving import save_figure, save_json
-    from common.training import (LossLog, adamw, gradient_checkpointing_needed, load_checkpoint,
+    from common.training import (LossLog, PhaseClock, adamw, gradient_checkpointing_needed, load_checkpoint,
                                  make_accelerator, plot_loss_curves, prepare_run, sampling, save_checkpoint,
                                  smooth)
     from common.training_images import load_training_images
@@ -366,12 +366,13 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     # Step 3: class images, drawn by the base model before it changes.
     # -----------------------------------------------------------------------
+    clock = PhaseClock()
     images_by_role = {"instance": instance_images}
     if args.prior_preservation:
         images_by_role["class"], class_captions = [], []
         for prompt, count in zip(args.class_prompt, shares(args.num_class_images, len(args.class_prompt))):
             folder = class_image_folder(args.class_dir, where, prompt, args.resolution)
-            with accelerator.main_process_first():
+            with accelerator.main_process_first(), clock.phase("class images"):
                 images_by_role["class"] += ensure_class_images(pipe, folder, prompt, count, args.resolution,
                                                                steps=args.steps, guidance=args.guidance, batch_size=4)
             class_captions += [prompt] * count
@@ -421,17 +422,18 @@ def main(argv=None):
     def save_state(update):
         losses.flush()  # a non-finite loss stops the run here, before its weights are saved
         # Every process saves its own random state; process 0 also the shared rest.
-        save_checkpoint(args.adapter_dir / f"checkpoint-{update}",
-                        {name: p for name, p in trainable.items()}, optimizer, lr_scheduler, generator,
-                        {"update": update, "history": history, "settings": settings,
-                         "seconds": elapsed_before + time.perf_counter() - started},
-                        rank=accelerator.process_index)
+        with clock.phase("checkpoints"):
+            save_checkpoint(args.adapter_dir / f"checkpoint-{update}",
+                            {name: p for name, p in trainable.items()}, optimizer, lr_scheduler, generator,
+                            {"update": update, "history": history, "settings": settings,
+                             "seconds": elapsed_before + time.perf_counter() - started},
+                            rank=accelerator.process_index)
 
     def save_progress_grid(update):
         if not accelerator.is_main_process:
             return
         losses.flush()
-        with sampling(accelerator, trained_models):
+        with clock.phase("progress grids"), sampling(accelerator, trained_models):
             images = generate(pipe, PROGRESS_PROMPTS, PROGRESS_SEEDS, steps=args.steps, resolution=args.resolution,
                               guidance=args.guidance, batch_size=len(PROGRESS_PROMPTS), desc="progress grid")
         save_figure(labelled_grid(images, PROGRESS_PROMPTS, cols=4, suptitle=f"after {update} updates"),
@@ -441,38 +443,42 @@ def main(argv=None):
     # Step 5: the training loop. One iteration = one optimizer update.
     # -----------------------------------------------------------------------
     started = time.perf_counter()
+    first_update_seconds = 0.0
     for model in trained_models:
         model.train()
     update = first_update
     bar = tqdm(range(first_update, args.max_train_steps), initial=first_update, total=args.max_train_steps,
                desc="LoRA updates", disable=not accelerator.is_main_process)
-    try:
-        for update in bar:
-            total, instance, prior = training_step(unet, noise_scheduler, encoders, args.train_batch_size,
-                                                   generator, args.prior_preservation, args.prior_loss_weight)
-            accelerator.backward(total)
-            if identifier is not None and accelerator.num_processes > 1:
-                # The vectors sit outside any model Accelerate wrapped, so their gradients are averaged here.
-                identifier.vectors.grad = accelerator.reduce(identifier.vectors.grad, reduction="mean")
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(trainable.values(), 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if losses.add(total=total, instance=instance, prior=prior):
-                losses.flush()
-                bar.set_postfix(loss=f"{losses.smoothed:.4f}")
-            done = update + 1
-            if done % args.checkpoint_every == 0 or done == args.max_train_steps:
-                save_state(done)
-            if done % args.progress_every == 0 or done == args.max_train_steps:
-                save_progress_grid(done)
-    except KeyboardInterrupt:
-        if losses.updates > first_update:
-            save_state(losses.updates)
-            print(f"saved {args.adapter_dir}/checkpoint-{losses.updates}; continue with --resume latest")
-        raise
-    losses.flush()
+    with clock.phase("training"):
+        try:
+            for update in bar:
+                total, instance, prior = training_step(unet, noise_scheduler, encoders, args.train_batch_size,
+                                                       generator, args.prior_preservation, args.prior_loss_weight)
+                accelerator.backward(total)
+                if identifier is not None and accelerator.num_processes > 1:
+                    # The vectors sit outside any model Accelerate wrapped, so their gradients are averaged here.
+                    identifier.vectors.grad = accelerator.reduce(identifier.vectors.grad, reduction="mean")
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable.values(), 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if losses.add(total=total, instance=instance, prior=prior) or update == first_update:
+                    losses.flush()  # after the first update too: its time (warm-up, compiling) is reported apart
+                    bar.set_postfix(loss=f"{losses.smoothed:.4f}")
+                    if update == first_update:
+                        first_update_seconds = time.perf_counter() - started
+                done = update + 1
+                if done % args.checkpoint_every == 0 or done == args.max_train_steps:
+                    save_state(done)
+                if done % args.progress_every == 0 or done == args.max_train_steps:
+                    save_progress_grid(done)
+        except KeyboardInterrupt:
+            if losses.updates > first_update:
+                save_state(losses.updates)
+                print(f"saved {args.adapter_dir}/checkpoint-{losses.updates}; continue with --resume latest")
+            raise
+        losses.flush()
     bar.close()
     seconds = elapsed_before + time.perf_counter() - started
 
@@ -518,16 +524,17 @@ def main(argv=None):
     if args.base_model == MICRO and JUDGE_FILE.is_file():
         from micro.evaluate import subject_report
 
-        with sampling(accelerator, trained_models):
+        with clock.phase("judge report"), sampling(accelerator, trained_models):
             summary["judge"] = subject_report(pipe, instance_images, steps=args.steps, guidance=args.guidance)
         for name, numbers in summary["judge"].items():
             print(f"judge, {name}: similarity to training images {numbers['similarity_to_training_images']}, "
                   f"judged as the subject {numbers['judged_as_subject_family']:.0%}, "
                   f"context right {numbers['context_accuracy']:.0%}")
+    summary.update(clock.summary(losses.updates - first_update, first_update_seconds))
     save_json(summary, args.output_dir / "exercise3b_summary.json")
     print(f"wrote {args.adapter_dir} ({summary['lora_layers']} LoRA layers, scale {args.lora_alpha / args.rank}), "
-          f"{args.output_dir / 'exercise3b_loss_curves.png'}, {args.output_dir / 'exercise3b_summary.json'}; "
-          f"{len(history['total'])} updates in {seconds:.0f} s")
+          f"{args.output_dir / 'exercise3b_loss_curves.png'}, {args.output_dir / 'exercise3b_summary.json'}")
+    print(clock.describe(losses.updates - first_update, first_update_seconds))
 
 
 if __name__ == "__main__":

@@ -61,3 +61,25 @@ def test_gradient_checkpointing_is_on_only_when_asked_or_the_gpu_is_too_small(mo
     card(8)  # more images per update, or larger ones, need more
     assert gradient_checkpointing_needed("auto", cuda, 8, 512) is True
     assert gradient_checkpointing_needed("auto", cuda, 2, 768) is True
+
+
+def test_phase_clock_counts_a_nested_phase_once_and_reports_speed_after_the_first_update(monkeypatch):
+    import common.training as training
+    from common.training import PhaseClock
+
+    now = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
+    clock = PhaseClock()
+    with clock.phase("class images"):
+        now[0] += 12.0
+    with clock.phase("training"):
+        now[0] += 50.0
+        with clock.phase("progress grids"):
+            now[0] += 8.0
+        now[0] += 50.0
+    assert clock.seconds == {"class images": 12.0, "training": 100.0, "progress grids": 8.0}
+    fields = clock.summary(updates=201, first_update_seconds=20.0)
+    assert fields["updates_per_second"] == pytest.approx(200 / 80)  # the first update's warm-up left out
+    assert clock.describe(201, 20.0) == ("201 updates (2.5 updates/s after the first); class images 12 s, "
+                                         "training 100 s, progress grids 8.0 s; total 120 s")
+    assert "updates_per_second" not in clock.summary(updates=1, first_update_seconds=20.0)
