@@ -143,6 +143,9 @@ def parse_args(argv=None):
     train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default="auto",
                        help="recompute the UNet's activations in the backward pass: less GPU memory, "
                             "slower updates; auto: on only for a CUDA GPU too small to train without it")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the UNet's training step with torch.compile: the first update waits while "
+                            "it compiles, to make later ones faster (docs/performance.md)")
     train.add_argument("--no-cache", dest="cache", action="store_false",
                        help="run the frozen VAE and text encoder every update instead of once (slower; "
                             "for measuring what caching saves)")
@@ -357,7 +360,8 @@ def main(argv=None):
     # Step 2: Accelerate decides where each process runs (one CPU, one GPU, or
     # many under `accelerate launch`) and handles mixed precision.
     # -----------------------------------------------------------------------
-    accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision)
+    accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision,
+                                                                          compile_models=args.compile)
     base_model = args.base_model
     pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -488,9 +492,10 @@ def main(argv=None):
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    lora_states = {"unet": get_peft_model_state_dict(accelerator.unwrap_model(unet))}
+    # The pipeline holds the bare models (no Accelerate, DDP or torch.compile wrapper): their names are the LoRA's.
+    lora_states = {"unet": get_peft_model_state_dict(pipe.unet)}
     if text_encoder_trains(args):
-        lora_states["text_encoder"] = get_peft_model_state_dict(accelerator.unwrap_model(pipe.text_encoder))
+        lora_states["text_encoder"] = get_peft_model_state_dict(pipe.text_encoder)
     sizes = save_lora(args.adapter_dir, lora_states, lora_configs, base_model)
     if identifier is not None:
         from common.identifier_embeddings import save_identifier_embeddings
@@ -512,6 +517,7 @@ def main(argv=None):
         "mixed_precision": mixed_precision,
         "frozen_weights_dtype": str(weight_dtype).removeprefix("torch."),
         "gradient_checkpointing": gradient_checkpointing,
+        "compiled": args.compile,
         "cached_encoders": args.cache,
         "settings": settings,
     }

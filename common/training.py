@@ -302,24 +302,31 @@ def prepare_run(args, settings, weight_names):
     return checkpoint
 
 
-def make_accelerator(device, mixed_precision):
+COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests swap in a quicker one
+
+
+def make_accelerator(device, mixed_precision, compile_models=False):
     """(Accelerator, its device, the frozen weights' dtype, the precision name).
 
     'auto' means fp16 on CUDA and full precision elsewhere. Under
     `accelerate launch` the launcher's settings decide the device.
+    `compile_models`: the models given to `accelerator.prepare` are compiled with
+    torch.compile (inductor); the pipeline keeps the uncompiled model for sampling.
     """
     from accelerate import Accelerator
 
     if mixed_precision == "auto":
         mixed_precision = "fp16" if device.type == "cuda" else "no"
     # Accelerate keeps one precision per process and refuses a second Accelerator with another
-    # (a notebook that trains twice, the tests). Outside `accelerate launch` nothing else shares
-    # that state, so the previous run's is dropped; the distributed set-up itself is kept.
+    # (a notebook that trains twice, the tests, bench/gpu_check). Outside `accelerate launch`
+    # nothing else shares that state, so an earlier run's is dropped; a launched run's is kept.
     from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
 
-    if PartialState().num_processes == 1:
+    if AcceleratorState._shared_state and PartialState().distributed_type == DistributedType.NO:
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
+                              dynamo_backend=COMPILE_BACKEND if compile_models else None)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     return accelerator, accelerator.device, weight_dtype, mixed_precision
 

@@ -512,3 +512,25 @@ def test_gradient_checkpointing_flag_trains_the_same_adapter(tiny_pipeline_dir, 
     # B moved by about lr per update in both; a recomputed forward may differ in the last bits only
     for key, tensor in adapters[0].items():
         assert torch.allclose(tensor, adapters[1][key], atol=1e-5), key
+
+
+def test_compiled_training_saves_the_same_kind_of_adapter(tiny_pipeline_dir, instance_dir, tmp_path, monkeypatch):
+    """--compile trains through torch.compile's wrapper; the adapter's names, the first loss (same weights,
+    same draws) and the progress grid drawn with the uncompiled pipeline are as without it. The test compiles
+    with aot_eager, which traces like inductor without generating C++ (inductor takes a minute here)."""
+    import common.training
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(common.training, "COMPILE_BACKEND", "aot_eager")
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path / name, "--max-train-steps", 2,
+                                            "--progress-every", 2, *extra)) == 0
+        state = json.loads((tmp_path / name / "lora" / "checkpoint-2" / "training_state.json").read_text())
+        runs[name] = (load_file(str(tmp_path / name / "lora" / "adapter_model.safetensors")), state["history"])
+        assert (tmp_path / name / "out" / "training_progress_lora" / "step_00002.png").is_file()
+    (eager, eager_history), (compiled, compiled_history) = runs["eager"], runs["compiled"]
+    assert set(compiled) == set(eager) and not any("_orig_mod" in key for key in compiled)
+    assert compiled_history["total"][0] == pytest.approx(eager_history["total"][0], rel=1e-4)
+    summary = json.loads((tmp_path / "compiled" / "out" / "exercise3b_summary.json").read_text())
+    assert summary["compiled"] is True

@@ -1,0 +1,356 @@
+"""GPU check: every exercise script end to end on Stable Diffusion 1.5's architecture, in one table.
+
+The course's main path is SD 1.5 at 512 px in fp16 on a CUDA GPU, and CI has
+no GPU. This one command, on a CUDA machine with no network, builds a pipeline
+of SD 1.5's exact architecture with random weights (weights change neither
+speed nor how precision is handled), runs every exercise script on it as a
+student would, with short settings, and prints one table: script, wall
+seconds, speed (s/image or updates/s), peak GPU memory, and whether its
+outputs are all there. Exercise 1 loads the release LoRA, whose banner must
+say 128 layers at scale 8.0.
+
+    python bench/gpu_check.py                     # CUDA, SD 1.5 layout, 512 px, fp16
+    python bench/gpu_check.py --precision bf16    # the same in bf16
+    python bench/gpu_check.py --tiny              # a dry run anywhere: the tests' tiny model, 32 px
+                                                  # (bf16 on a CPU), to check this script itself
+    python bench/gpu_check.py --compile           # also exercise3b --compile (its compiling is
+                                                  # reported as the first update's time)
+    python bench/gpu_check.py --reference PATH/train_dreambooth_lora.py
+        # also diffusers' reference trainer on the same model and settings, side by side
+
+Where the table goes: printed, and written as gpu_check.md / gpu_check.json in
+--out. docs/performance.md keeps the latest table with its date and GPU.
+"""
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+RELEASE = REPO.parent / "shared" / "release"
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+def build_sd15_layout(folder, dtype):
+    """A diffusers folder with SD 1.5's UNet (860M), VAE (84M) and CLIP ViT-L/14 text encoder (123M),
+    random weights. The tokenizer is the micro model's (SD 1.5's vocabulary files are a download);
+    token ids only index the embedding table, so speed and memory are unchanged."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4)
+    tokenizer = CLIPTokenizerFast.from_pretrained(REPO / "models" / "micro" / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.to(dtype=dtype).save_pretrained(folder)
+    sizes = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "vae",
+                                                                                        "text_encoder")}
+    return sizes
+
+
+def build_tiny(folder, scratch):
+    """The tests' tiny pipeline, with a LoRA made for it (standing in for the release LoRA)."""
+    from tests.tiny_models import build_tiny_pipeline, tiny_unet, write_peft_lora
+
+    pipe = build_tiny_pipeline(folder)
+    lora = write_peft_lora(scratch / "tiny_lora", tiny_unet())
+    (scratch / "tiny_ti").mkdir()
+    sizes = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "vae",
+                                                                                        "text_encoder")}
+    return sizes, lora
+
+
+# --- running one script, measured --------------------------------------------------------------
+
+class Tee(io.TextIOBase):
+    """Print as usual and keep a copy, to read the script's banner afterwards."""
+
+    def __init__(self, stream):
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text):
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def counting_images(module):
+    """Count the images the script generates and the seconds spent generating them."""
+    import common.generation
+
+    original = common.generation.generate
+    counter = {"images": 0, "seconds": 0.0}
+
+    def timed(pipe, prompts, *args, **kwargs):
+        started = time.perf_counter()
+        images = original(pipe, prompts, *args, **kwargs)  # PIL images: the GPU has finished them
+        counter["seconds"] += time.perf_counter() - started
+        counter["images"] += len(images)
+        return images
+
+    patched = [(common.generation, "generate")] + ([(module, "generate")] if hasattr(module, "generate") else [])
+    for owner, name in patched:
+        setattr(owner, name, timed)
+    try:
+        yield counter
+    finally:
+        for owner, name in patched:
+            setattr(owner, name, original)
+
+
+def run_script(name, module, argv, device):
+    """Run `module.main(argv)` in this process; returns a row of the table (and what it printed)."""
+    import torch
+
+    from common.errors import UserError
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    row = {"script": name, "ok": True, "error": ""}
+    tee = Tee(sys.stdout)
+    started = time.perf_counter()
+    print(f"\n=== {name}: python {module.__name__}.py {' '.join(map(str, argv))}", flush=True)
+    with counting_images(module) as images, contextlib.redirect_stdout(tee):
+        try:
+            module.main([str(a) for a in argv])
+        except (Exception, SystemExit) as error:  # keep going: the table says what failed
+            row["ok"] = False
+            row["error"] = (f"error: {error}" if isinstance(error, UserError)
+                            else traceback.format_exception_only(type(error), error)[-1].strip())
+            traceback.print_exc()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024 ** 3, 2)
+    row["wall_s"] = round(time.perf_counter() - started, 1)
+    row["images"] = images["images"]
+    if images["images"]:
+        row["s_per_image"] = round(images["seconds"] / images["images"], 3)
+    row["printed"] = tee.copy.getvalue()
+    return row
+
+
+def check(row, condition, message):
+    if row["ok"] and not condition:
+        row["ok"], row["error"] = False, message
+
+
+def trainer_speed(row, summary_path):
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        row["updates_per_s"] = summary.get("updates_per_second")
+        row["first_update_s"] = summary.get("first_update_seconds")
+        row["phases"] = summary.get("seconds_by_phase")
+
+
+def run_reference(script, model, scratch, updates, precision, class_images):
+    """diffusers' train_dreambooth_lora.py on the same model, images and settings (1 + 1 images per update,
+    rank 4, prior preservation with our class images); its speed read from its progress bar."""
+    instance = scratch / "reference_instances"
+    classes = scratch / "reference_classes"
+    shutil.copytree(REPO / "training_images", instance, dirs_exist_ok=True)
+    classes.mkdir(exist_ok=True)
+    for index, path in enumerate(sorted(class_images.glob("*.png"))):
+        shutil.copy(path, classes / f"{index}.png")
+    command = [sys.executable, str(script), "--pretrained_model_name_or_path", str(model),
+               "--instance_data_dir", str(instance), "--instance_prompt", "a sks african fabric pattern",
+               "--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", "a fabric pattern",
+               "--num_class_images", str(len(list(classes.glob("*.png")))), "--resolution", "512",
+               "--train_batch_size", "1", "--mixed_precision", precision, "--max_train_steps", str(updates),
+               "--learning_rate", "1e-4", "--rank", "4", "--seed", "0", "--checkpointing_steps", str(10 * updates),
+               "--output_dir", str(scratch / "reference_out"), "--report_to", "tensorboard"]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    row = {"script": "diffusers train_dreambooth_lora.py (reference)", "ok": result.returncode == 0,
+           "wall_s": round(time.perf_counter() - started, 1), "images": 0,
+           "error": "" if result.returncode == 0 else result.stderr.strip().splitlines()[-1][:200]}
+    rates = re.findall(r"(\d+(?:\.\d+)?)(it/s|s/it)", result.stderr)
+    if rates:  # tqdm's last reading, a running average of the latest updates
+        value, unit = float(rates[-1][0]), rates[-1][1]
+        row["updates_per_s"] = round(value if unit == "it/s" else 1 / value, 3)
+    row["printed"] = result.stderr[-2000:]
+    return row
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+def table(rows):
+    lines = ["| script | ok | wall s | speed | peak GPU memory | note |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        if row.get("updates_per_s"):
+            speed = f"{row['updates_per_s']:.2f} updates/s (first update {row.get('first_update_s', '-')} s)"
+        elif row.get("s_per_image"):
+            speed = f"{row['s_per_image']:.3f} s/image ({row['images']} images)"
+        else:
+            speed = "-"
+        memory = f"{row['peak_gib']:.2f} GiB" if "peak_gib" in row else "-"
+        lines.append(f"| {row['script']} | {'yes' if row['ok'] else 'NO'} | {row['wall_s']} | {speed} | {memory} "
+                     f"| {row.get('note', '')}{row['error']} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tests' tiny model at 32 px instead of SD 1.5's layout at 512 px (a dry run)")
+    parser.add_argument("--precision", choices=["auto", "fp16", "bf16"], default="auto",
+                        help="auto: fp16 on CUDA (the course's path), bf16 elsewhere")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 512 (SD 1.5 layout), 32 (--tiny)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps; default: 30, 4 with --tiny")
+    parser.add_argument("--updates", type=int, default=100, help="optimizer updates of each training run")
+    parser.add_argument("--frames", type=int, default=48, help="morph frames (the table projects 450)")
+    parser.add_argument("--release", type=Path, default=RELEASE, help="folder holding the release fabric_lora")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="diffusers' examples/dreambooth/train_dreambooth_lora.py, to run beside exercise3b")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check",
+                        help="where gpu_check.md and gpu_check.json go")
+    parser.add_argument("--compile", action="store_true", help="also run exercise3b with --compile")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (model, adapters, pictures)")
+    args = parser.parse_args()
+
+    import torch
+
+    import exercise1_generate
+    import exercise2_explore
+    import exercise3_compare
+    import exercise3a_train_textual_inversion
+    import exercise3b_train_lora
+    import generate_dreambooth_morph
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = args.precision if args.precision != "auto" else ("fp16" if device == "cuda" else "bf16")
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    model = scratch / "model"
+    started = time.perf_counter()
+    if args.tiny:
+        sizes, release_lora = build_tiny(model, scratch)
+        resolution, expected_layers, steps = args.resolution or 32, 32, args.steps or 4
+    else:
+        sizes = build_sd15_layout(model, torch.float16)
+        release_lora = args.release / "fabric_lora"
+        resolution, expected_layers, steps = args.resolution or 512, 128, args.steps or 30
+    build_seconds = time.perf_counter() - started
+    gpu = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+    print(f"{'tiny model' if args.tiny else 'SD 1.5 layout, random weights'}: "
+          + ", ".join(f"{name} {count / 1e6:.1f}M" for name, count in sizes.items())
+          + f"; built in {build_seconds:.0f} s; {device} ({gpu}), {precision}, {resolution} px")
+
+    out = scratch / "outputs"
+    common = ["--base-model", model, "--device", device, "--resolution", resolution, "--steps", steps]
+    generation = [*common, "--precision", precision]
+    training = [*common, "--mixed-precision", precision, "--max-train-steps", args.updates,
+                "--progress-every", args.updates, "--checkpoint-every", args.updates]
+    rows = []
+
+    row = run_script("exercise1_generate (release LoRA)", exercise1_generate,
+                     [*generation, "--lora-dir", release_lora, "--batch-size", 9, "--output-dir", out / "ex1"], device)
+    check(row, f"{expected_layers} layers, scale 8.0" in row["printed"],
+          f"banner lacks '{expected_layers} layers, scale 8.0'")
+    check(row, len(list((out / "ex1" / "exercise1_variations").glob("*.png"))) == 9, "missing variations")
+    rows.append(row)
+
+    row = run_script("exercise2_explore (release LoRA)", exercise2_explore,
+                     [*generation, "--lora-dir", release_lora, "--batch-size", 9, "--output-dir", out / "ex2"], device)
+    check(row, len(list((out / "ex2").glob("exercise2_*.png"))) == 3, "missing pictures")
+    rows.append(row)
+
+    row = run_script("generate_dreambooth_morph (release LoRA)", generate_dreambooth_morph,
+                     [*generation, "--lora-dir", release_lora, "--frames", args.frames, "--keyframes", 3,
+                      "--batch-size", 16, "--output-dir", out / "morph"], device)
+    check(row, (out / "morph" / "dreambooth_morph.gif").is_file(), "no GIF")
+    if row.get("s_per_image"):
+        row["note"] = f"450 frames: about {450 * row['s_per_image']:.0f} s; "
+    rows.append(row)
+
+    # The trainers write where exercise3_compare reads their summaries (train/); the second
+    # exercise3b run, with gradient checkpointing, only measures what checkpointing costs.
+    row = run_script("exercise3a_train_textual_inversion", exercise3a_train_textual_inversion,
+                     [*training, "--adapter-dir", scratch / "ti", "--output-dir", out / "train"], device)
+    check(row, (scratch / "ti" / "learned_embeds.safetensors").is_file(), "no embedding")
+    check(row, (out / "train" / "training_progress_ti" / f"step_{args.updates:05d}.png").is_file(),
+          "no progress grid")
+    trainer_speed(row, out / "train" / "exercise3a_summary.json")
+    rows.append(row)
+
+    variants = [("exercise3b_train_lora", [], scratch / "lora", out / "train"),
+                ("exercise3b_train_lora --gradient-checkpointing", ["--gradient-checkpointing"],
+                 scratch / "lora_gc", out / "train_gc")]
+    if args.compile:
+        variants.append(("exercise3b_train_lora --compile", ["--compile"], scratch / "lora_compiled",
+                         out / "train_compiled"))
+    for name, extra, folder, written in variants:
+        row = run_script(name, exercise3b_train_lora,
+                         [*training, *extra, "--num-class-images", 4, "--class-dir", scratch / "classes",
+                          "--adapter-dir", folder, "--output-dir", written], device)
+        check(row, (folder / "adapter_model.safetensors").is_file(), "no adapter")
+        check(row, (folder / f"checkpoint-{args.updates}" / "training_state.json").is_file(), "no checkpoint")
+        check(row, (written / "training_progress_lora" / f"step_{args.updates:05d}.png").is_file(),
+              "no progress grid")
+        trainer_speed(row, written / "exercise3b_summary.json")
+        rows.append(row)
+
+    row = run_script("exercise3_compare (the trained TI and LoRA)", exercise3_compare,
+                     [*generation, "--lora-dir", scratch / "lora", "--ti-file",
+                      scratch / "ti" / "learned_embeds.safetensors", "--batch-size", 4, "--output-dir", out / "train"],
+                     device)
+    check(row, (out / "train" / "exercise3_ti_vs_lora.png").is_file(), "no figure")
+    rows.append(row)
+
+    if args.reference:
+        class_folders = [p for p in (scratch / "classes").iterdir() if p.is_dir()]
+        reference = run_reference(args.reference, model, scratch, args.updates, precision, class_folders[0])
+        ours = next((r for r in rows if r["script"] == "exercise3b_train_lora"), {})
+        if reference.get("updates_per_s") and ours.get("updates_per_s"):
+            reference["note"] = f"exercise3b is {ours['updates_per_s'] / reference['updates_per_s']:.2f}x this; "
+        rows.append(reference)
+
+    report = table(rows)
+    heading = (f"{time.strftime('%Y-%m-%d')}, {device} ({gpu}), torch {torch.__version__}, {precision}, "
+               f"{resolution} px, {'tiny model' if args.tiny else 'SD 1.5 layout (random weights)'}, "
+               f"{steps} denoising steps, {args.updates} updates per training run, "
+               f"`python {' '.join(sys.argv)}`; total {time.perf_counter() - started:.0f} s")
+    print(f"\n{heading}\n\n{report}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.md").write_text(f"{heading}\n\n{report}\n")
+    (args.out / "gpu_check.json").write_text(json.dumps(
+        {"heading": heading, "rows": [{k: v for k, v in r.items() if k != "printed"} for r in rows]}, indent=2))
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    sys.exit(0 if all(row["ok"] for row in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
