@@ -20,8 +20,8 @@ Run it (after exercise3a and exercise3b)
 import json
 from pathlib import Path
 
-from common.adapters import load_lora, load_textual_inversion, read_lora, read_textual_inversion
-from common.cli import make_parser
+from common.adapters import fuse_lora, load_lora, load_textual_inversion, read_lora, read_textual_inversion
+from common.cli import make_parser, resolve_batch_size
 from common.device import pick_device
 from common.errors import run_script
 from common.generation import generate
@@ -58,6 +58,7 @@ def cost(summary_path, files):
 def main(argv=None):
     args = parse_args(argv)
     device, dtype = pick_device(args.device, args.precision)
+    resolve_batch_size(args, device)
     _, where = resolve_base(args, device, role="trained_lora")
     lora = read_lora(args.lora_dir)
     read_textual_inversion(args.ti_file)
@@ -78,6 +79,7 @@ def main(argv=None):
 
     # Row 3: the LoRA with "sks" (the TI word is not in these prompts, so it stays silent).
     adapter = load_lora(pipe, lora)
+    fuse_lora(pipe)  # drawn at one strength from here on: fused, it costs no time
     lora_files = [lora.location / "adapter_model.safetensors"] if lora.kind == "peft" else [lora.location]
     rows.append((f"LoRA ({cost(args.output_dir / 'exercise3b_summary.json', lora_files)}, scale {adapter.scale})",
                  base_prompts, generate(pipe, base_prompts, seeds, desc="LoRA", **settings)))

@@ -44,7 +44,7 @@ KEYFRAME_SEED_STEP = 1000  # keyframe k uses seed --seed + 1000 * k
 
 
 def parse_args(argv=None):
-    parser = make_parser(__doc__.split("\n")[0], batch_size=8)
+    parser = make_parser(__doc__.split("\n")[0], batch_size=8, cuda_batch_size=16)
     parser.add_argument("--frames", type=positive_int, default=450, help="frames in the whole loop")
     parser.add_argument("--fps", type=positive_float, default=30.0,
                         help="frames per second asked for; GIF rounds the delay to whole 1/100 s")

@@ -276,20 +276,20 @@ def main():
     rows = []
 
     row = run_script("exercise1_generate (release LoRA)", exercise1_generate,
-                     [*generation, "--lora-dir", release_lora, "--batch-size", 9, "--output-dir", out / "ex1"], device)
+                     [*generation, "--lora-dir", release_lora, "--output-dir", out / "ex1"], device)
     check(row, f"{expected_layers} layers, scale 8.0" in row["printed"],
           f"banner lacks '{expected_layers} layers, scale 8.0'")
     check(row, len(list((out / "ex1" / "exercise1_variations").glob("*.png"))) == 9, "missing variations")
     rows.append(row)
 
     row = run_script("exercise2_explore (release LoRA)", exercise2_explore,
-                     [*generation, "--lora-dir", release_lora, "--batch-size", 9, "--output-dir", out / "ex2"], device)
+                     [*generation, "--lora-dir", release_lora, "--output-dir", out / "ex2"], device)
     check(row, len(list((out / "ex2").glob("exercise2_*.png"))) == 3, "missing pictures")
     rows.append(row)
 
     row = run_script("generate_dreambooth_morph (release LoRA)", generate_dreambooth_morph,
                      [*generation, "--lora-dir", release_lora, "--frames", args.frames, "--keyframes", 3,
-                      "--batch-size", 16, "--output-dir", out / "morph"], device)
+                      "--output-dir", out / "morph"], device)
     check(row, (out / "morph" / "dreambooth_morph.gif").is_file(), "no GIF")
     if row.get("s_per_image"):
         row["note"] = f"450 frames: about {450 * row['s_per_image']:.0f} s; "
@@ -324,7 +324,7 @@ def main():
 
     row = run_script("exercise3_compare (the trained TI and LoRA)", exercise3_compare,
                      [*generation, "--lora-dir", scratch / "lora", "--ti-file",
-                      scratch / "ti" / "learned_embeds.safetensors", "--batch-size", 4, "--output-dir", out / "train"],
+                      scratch / "ti" / "learned_embeds.safetensors", "--output-dir", out / "train"],
                      device)
     check(row, (out / "train" / "exercise3_ti_vs_lora.png").is_file(), "no figure")
     rows.append(row)

@@ -241,6 +241,21 @@ def load_lora(pipe, path_or_file, adapter_name="fabric", weight=None):
     return loaded
 
 
+def fuse_lora(pipe, adapter_name="fabric"):
+    """Add the LoRA's product into the base weights and drop its separate matrices.
+
+    For scripts that only draw with the LoRA at one strength. Unfused, each of
+    the 128 LoRA layers of SD 1.5 adds two small matmuls (and, in half
+    precision, casts to PEFT's fp32 copies) to every denoising step: hundreds of
+    kernel launches a step on a GPU. Fused, the UNet runs exactly as fast as the
+    base. The identifier's embeddings, a hook on the text encoder, stay as loaded.
+    """
+    components = ["unet"] + (["text_encoder"] if any(
+        adapter_name in getattr(module, "scaling", {}) for module in pipe.text_encoder.modules()) else [])
+    pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=[adapter_name])
+    pipe.unload_lora_weights()  # keeps the fused weights; removes the LoRA layers
+
+
 def switch_adapters(pipe, on):
     """The LoRA (UNet and text encoder) and the identifier's trained embeddings, on or off together."""
     (pipe.enable_lora if on else pipe.disable_lora)()

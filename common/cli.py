@@ -64,11 +64,12 @@ def image_size(text):
     return value
 
 
-def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, adapters=True):
+def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, cuda_batch_size=9, adapters=True):
     """A parser holding the flags shared by all scripts.
 
     Training scripts pass adapters=False: they make an adapter rather than load
     one, and use the sampling flags only for their progress grids.
+    `batch_size` / `cuda_batch_size`: what --batch-size auto means without and with CUDA.
     """
     parser = OneLineParser(
         description=description,
@@ -97,10 +98,20 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, ada
     if adapters:
         sampling.add_argument("--negative-prompt", default=None,
                               help="what to steer away from, e.g. 'blurry, distorted'")
-        sampling.add_argument("--batch-size", type=positive_int, default=batch_size,
-                              help="images per pipeline call (more is faster on a GPU, needs more memory)")
+        sampling.add_argument("--batch-size", type=auto_or(positive_int), default="auto",
+                              help=f"images per pipeline call (more is faster on a GPU, needs more memory); "
+                                   f"auto: {cuda_batch_size} on CUDA, {batch_size} elsewhere")
+        parser.set_defaults(auto_batch_sizes=(batch_size, cuda_batch_size))
     parser.add_argument("--output-dir", type=Path, default=Path(output_dir), help="where pictures are written")
     return parser
+
+
+def resolve_batch_size(args, device):
+    """--batch-size auto -> the script's own default for this device."""
+    if args.batch_size == "auto":
+        cpu, cuda = args.auto_batch_sizes
+        args.batch_size = cuda if device.type == "cuda" else cpu
+    return args.batch_size
 
 
 def add_adapter_flags(model):

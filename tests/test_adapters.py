@@ -72,6 +72,45 @@ def test_lora_weight_multiplies_the_trained_scale(load_tiny_pipe, tiny_lora_dir)
     assert load_lora(pipe, tiny_lora_dir, weight=0.5).scale == 4.0
 
 
+@pytest.mark.parametrize("weight", [None, 0.5])
+def test_fused_lora_draws_what_the_unfused_one_draws(load_tiny_pipe, tiny_lora_dir, weight):
+    from common.adapters import fuse_lora
+
+    base = unet_output(load_tiny_pipe())
+    unfused, fused = load_tiny_pipe(), load_tiny_pipe()
+    for pipe in (unfused, fused):
+        load_lora(pipe, tiny_lora_dir, weight=weight)
+    fuse_lora(fused)
+    assert not injected_lora_layers(fused, "fabric")  # no separate LoRA matmuls left to run
+    # (W + s B A) x against W x + s B (A x): the same up to fp32 rounding
+    torch.testing.assert_close(unet_output(fused), unet_output(unfused), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(unet_output(fused), base, atol=1e-3)
+
+
+def test_fused_micro_lora_keeps_its_text_encoder_part_and_identifier_embeddings():
+    """The shipped micro adapter also has a text-encoder LoRA and the identifier's trained embeddings."""
+    from common.adapters import fuse_lora
+    from common.base_model import MICRO_FOLDER, REPO
+    from common.pipeline import load_pipeline
+
+    def encoded(pipe):
+        ids = pipe.tokenizer("a sks african fabric pattern", padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipe.text_encoder(ids)[0]
+
+    pipes = [load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32) for _ in range(3)]
+    base, unfused, fused = pipes
+    for pipe in (unfused, fused):
+        adapter = load_lora(pipe, REPO / "models" / "micro_release" / "fabric_lora")
+        assert adapter.identifier_tokens == 3
+    fuse_lora(fused)
+    assert not injected_lora_layers(fused, "fabric")
+    torch.testing.assert_close(encoded(fused), encoded(unfused), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(encoded(fused), encoded(base), atol=1e-3)
+    torch.testing.assert_close(unet_output(fused), unet_output(unfused), rtol=1e-4, atol=1e-5)
+
+
 def test_textual_inversion_adds_token_with_its_vector(load_tiny_pipe, tmp_path):
     pipe = load_tiny_pipe()
     vector = torch.randn(pipe.text_encoder.config.hidden_size)
