@@ -33,4 +33,7 @@ def pick_device(requested="auto", precision="auto"):
         # TF32 for whatever still runs in fp32 (the LoRA's own matmuls, the loss): free speed on
         # Ampere and newer, and precise enough for training, as PyTorch's docs say.
         torch.set_float32_matmul_precision("high")
+        # The shapes repeat (every update, every denoising step): let cuDNN time its convolution
+        # algorithms once per shape and keep the fastest.
+        torch.backends.cudnn.benchmark = True
     return torch.device(requested), PRECISIONS[precision]
