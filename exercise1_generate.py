@@ -22,28 +22,22 @@ Run it
     python exercise1_generate.py --lora-dir none      # the base model alone, for comparison
 """
 
+from common import prompts
 from common.cli import make_parser
 from common.errors import run_script
 from common.generation import generate
 from common.grids import image_grid, labelled_grid
-from common.pipeline import SUBJECT_CLASS, load_personalized_pipeline, subject_token
+from common.pipeline import load_personalized_pipeline, subject_token
 from common.saving import save_figure, save_image
 
 # ---------------------------------------------------------------------------
-# Configuration: the nine contexts of the course. "{subject}" becomes
-# "sks african fabric pattern" (or the textual-inversion token, see --help).
+# Configuration: the nine contexts of the course, file name -> prompt, such as
+# "handbag": "a handbag made of {subject}, product photography". "{subject}"
+# becomes "sks african fabric pattern" (or the textual-inversion token, see
+# --help). Every prompt of the course lives in common/prompts.py.
 # ---------------------------------------------------------------------------
-CONTEXTS = {  # file name -> prompt
-    "swatch": "a {subject}, vibrant colors, high quality fabric swatch",
-    "dress": "a beautiful dress made of {subject}, fashion photography",
-    "wallpaper": "{subject} as wallpaper in a modern living room",
-    "watercolor": "a watercolor painting of {subject}",
-    "handbag": "a handbag made of {subject}, product photography",
-    "vase": "a ceramic vase decorated with {subject}",
-    "cyberpunk": "a cyberpunk city scene with {subject}, neon lights",
-    "basket": "a woven basket with {subject}",
-    "geometric_art": "abstract geometric art inspired by {subject}",
-}
+CONTEXTS = prompts.CONTEXTS
+SUBJECT_CLASS = prompts.SUBJECT_CLASS  # "african fabric pattern"
 
 
 def parse_args(argv=None):

@@ -27,33 +27,23 @@ Run it
     python exercise2_explore.py --negative-prompt "blurry, distorted"
 """
 
+from common import prompts
 from common.cli import make_parser
 from common.errors import run_script
 from common.generation import generate
 from common.grids import labelled_grid
-from common.pipeline import SUBJECT_CLASS, load_personalized_pipeline, subject_token
+from common.pipeline import load_personalized_pipeline, subject_token
 from common.saving import save_figure
 
 # ---------------------------------------------------------------------------
-# Configuration
+# Configuration (the prompts themselves live in common/prompts.py)
 # ---------------------------------------------------------------------------
-GUIDANCE_PROMPT = "a beautiful dress made of {subject}, fashion photography"
+GUIDANCE_PROMPT = prompts.GUIDANCE_PROMPT  # "a beautiful dress made of {subject}, fashion photography"
 GUIDANCE_SCALES = [1.5, 3.0, 7.5, 12.0, 20.0]
-
-STYLES = {  # title -> prompt
-    "photorealistic": "a photorealistic photograph of {subject}",
-    "oil painting": "an oil painting of {subject}",
-    "watercolor": "a watercolor painting of {subject}",
-    "anime": "{subject} in anime style",
-    "cyberpunk": "{subject} in cyberpunk style, neon lights",
-    "vintage": "a vintage photograph of {subject}",
-    "minimalist": "{subject}, minimalist design",
-    "psychedelic": "{subject}, psychedelic art",
-    "line art": "a line art drawing of {subject}",
-}
-
-SEED_PROMPT = "a {subject}, vibrant colors, high quality fabric swatch"
+STYLES = prompts.STYLES  # title -> prompt, e.g. "oil painting": "an oil painting of {subject}"
+SEED_PROMPT = prompts.SEED_PROMPT  # "a {subject}, vibrant colors, high quality fabric swatch"
 STUDY_SEEDS = [1, 42, 100, 256, 512, 777, 999, 1234, 2048]
+SUBJECT_CLASS = prompts.SUBJECT_CLASS
 
 
 def parse_args(argv=None):

@@ -27,15 +27,9 @@ from common.errors import run_script
 from common.generation import generate
 from common.grids import labelled_grid
 from common.base_model import resolve_base
-from common.pipeline import SUBJECT_CLASS, load_pipeline
+from common.pipeline import load_pipeline
+from common.prompts import COMPARE_CONTEXTS as CONTEXTS, IDENTIFIER, SUBJECT_CLASS
 from common.saving import save_figure
-
-CONTEXTS = {
-    "swatch": "a {subject}, vibrant colors, high quality fabric swatch",
-    "dress": "a beautiful dress made of {subject}, fashion photography",
-    "vase": "a ceramic vase decorated with {subject}",
-    "watercolor": "a watercolor painting of {subject}",
-}
 
 
 def parse_args(argv=None):
@@ -68,7 +62,7 @@ def main(argv=None):
                     negative_prompt=args.negative_prompt, batch_size=args.batch_size)
 
     # Row 1: the base model, asked with the words it has never learned.
-    base_prompts = [template.format(subject=f"sks {SUBJECT_CLASS}") for template in CONTEXTS.values()]
+    base_prompts = [template.format(subject=f"{IDENTIFIER} {SUBJECT_CLASS}") for template in CONTEXTS.values()]
     rows = [("base model", base_prompts, generate(pipe, base_prompts, seeds, desc="base", **settings))]
 
     # Row 2: the same prompts with the textual-inversion word.

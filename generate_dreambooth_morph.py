@@ -29,17 +29,18 @@ Run it
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from common import prompts
 from common.cli import make_parser, positive_float, positive_int
 from common.errors import run_script
 from common.generation import generate, seeded_generator
-from common.pipeline import SUBJECT_CLASS, load_personalized_pipeline, subject_token
+from common.pipeline import load_personalized_pipeline, subject_token
 from common.saving import save_gif
 from common.slerp import slerp
 
 # ---------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------
-PROMPT = "a {subject}, vibrant colors, high quality fabric swatch"
+PROMPT = prompts.MORPH_PROMPT  # "a {subject}, vibrant colors, high quality fabric swatch"
 KEYFRAME_SEED_STEP = 1000  # keyframe k uses seed --seed + 1000 * k
 
 
@@ -83,7 +84,7 @@ def loop_latents(keyframes, frames):
 def main(argv=None):
     args = parse_args(argv)
     pipe, adapters = load_personalized_pipeline(args)
-    prompt = args.prompt.format(subject=f"{subject_token(adapters, args.token)} {SUBJECT_CLASS}")
+    prompt = args.prompt.format(subject=f"{subject_token(adapters, args.token)} {prompts.SUBJECT_CLASS}")
 
     # -----------------------------------------------------------------------
     # Step 1: the keyframe latents, one per seed, in the UNet's latent shape.

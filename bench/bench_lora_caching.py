@@ -27,12 +27,14 @@ def measure(args):
     """One mode in this process: warm up, then time `args.updates` optimizer updates."""
     import torch
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
     from PIL import Image
 
     import exercise3b_train_lora as trainer
     from common.device import pick_device
+    from common.encoded_examples import EncodedExamples
+    from common.lora_training import add_lora
     from common.pipeline import load_pipeline
+    from common.training import adamw
 
     device, dtype = pick_device(args.device)
     pipe = load_pipeline(args.base_model, device, dtype)
@@ -45,24 +47,18 @@ def measure(args):
     images = [Image.new("RGB", (args.resolution, args.resolution), (i * 20, 100, 200 - i * 20)) for i in range(10)]
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
-    encoders = trainer.Encoders(pipe, {"instance": images, "class": images}, {
-        "instance": trainer.INSTANCE_PROMPT, "class": trainer.CLASS_PROMPT}, True, args.mode == "cached",
-        False, device, dtype)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=32, init_lora_weights="gaussian",
-                                     target_modules=trainer.LORA_TARGETS))
-    for parameter in pipe.unet.parameters():
-        if parameter.requires_grad:
-            parameter.data = parameter.data.float()
-    if device.type == "cuda":
-        pipe.unet.enable_gradient_checkpointing()
-    trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    examples = EncodedExamples(pipe, images_by_role={"instance": images, "class": images},
+                               captions_by_role={"instance": trainer.INSTANCE_PROMPT, "class": trainer.CLASS_PROMPT},
+                               flip=True, cache=args.mode == "cached", text_encoder_trains=False, device=device,
+                               dtype=dtype)
+    _, trainable = add_lora({"unet": (pipe.unet, trainer.LORA_TARGETS)}, rank=4, alpha=32, seed=0)
+    optimizer = adamw(list(trainable.values()), device, lr=1e-4)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(0)
 
     def update():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            total, _, _ = trainer.training_step(pipe.unet, scheduler, encoders, 1, generator, True, 1.0)
+            total, _, _ = trainer.training_step(pipe.unet, scheduler, examples, 1, generator, True, 1.0)
         total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -100,7 +96,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.base_model is None:
-            from tests.tiny_models import build_tiny_pipeline
+            from tests.helpers import build_tiny_pipeline
 
             args.base_model = str(Path(scratch) / "tiny")
             build_tiny_pipeline(args.base_model)

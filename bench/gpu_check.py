@@ -78,7 +78,7 @@ def build_sd15_layout(folder, dtype):
 
 def build_tiny(folder, scratch):
     """The tests' tiny pipeline, with a LoRA made for it (standing in for the release LoRA)."""
-    from tests.tiny_models import build_tiny_pipeline, tiny_unet, write_peft_lora
+    from tests.helpers import build_tiny_pipeline, tiny_unet, write_peft_lora
 
     pipe = build_tiny_pipeline(folder)
     lora = write_peft_lora(scratch / "tiny_lora", tiny_unet())

@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
+from common.saving import read_safetensors
 from common.identifier_embeddings import (IDENTIFIER_FILE, attached, load_identifier_embeddings,
                                           read_identifier_embeddings, set_scale)
 
@@ -57,21 +58,6 @@ class LoadedAdapter:
 def missing_lora_message(path):
     return (f"no LoRA at {path}: train one with exercise3b_train_lora.py, or download adapter_model.safetensors "
             f"and adapter_config.json from the release into {path}/ (or pass --lora-dir none)")
-
-
-def read_safetensors(path):
-    """All tensors of a .safetensors file; a damaged file is a UserError, and pickle is never used."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state_dict = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise UserError(f"{path} is damaged or incomplete ({str(error).splitlines()[0][:100]}); "
-                        "download or train it again") from None
-    if not state_dict:
-        raise UserError(f"{path} holds no tensors; download or train it again")
-    return state_dict
 
 
 def lora_module_path(key):

@@ -23,6 +23,22 @@ SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MICRO = "micro"
 MICRO_FOLDER = REPO / "models" / "micro"
 
+# The course text names this id; RunwayML removed the repository in 2024 and
+# the same weights now live under the stable-diffusion-v1-5 organisation.
+RENAMED_MODEL_IDS = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+
+
+def resolve_model_id(base_model):
+    """Map retired hub ids to their new home, saying so once."""
+    if base_model in RENAMED_MODEL_IDS:
+        new_id = RENAMED_MODEL_IDS[base_model]
+        print(f"note: {base_model} no longer exists on the hub; using {new_id}")
+        return new_id
+    return base_model
+
+
 # Where each base's adapters live: the shipped (release) ones that Exercises 1, 2
 # and the morph load, and the folders the trainers write to.
 ADAPTER_FOLDERS = {
@@ -33,6 +49,34 @@ ADAPTER_FOLDERS = {
            "trained_lora": "models/fabric_lora",
            "trained_ti": "models/fabric_textual_inversion"},
 }
+
+
+# What "auto" means for the trainers' flags on each base. SD 1.5 keeps diffusers'
+# defaults. The micro model's tiny text encoder barely tells "sks" apart from other
+# words, so there the text encoder's attention and the identifier's own embeddings
+# train too, and a share of instance images trains with the empty prompt, which
+# classifier-free guidance then subtracts (docs/micro_model.md measures each).
+TRAINING_DEFAULTS = {
+    MICRO: {"train_text_encoder": True, "train_identifier": True, "proportion_empty_prompts": 0.05},
+    SD15: {"train_text_encoder": False, "train_identifier": False, "proportion_empty_prompts": 0.0},
+}
+
+
+def resolve_training_defaults(args):
+    """Replace each "auto" among the trainer flags of TRAINING_DEFAULTS by the base's value
+    (a base model other than micro takes SD 1.5's)."""
+    defaults = TRAINING_DEFAULTS.get(args.base_model, TRAINING_DEFAULTS[SD15])
+    for flag, value in defaults.items():
+        if getattr(args, flag, None) == "auto":
+            setattr(args, flag, value)
+    return args
+
+
+def auto_help(flag):
+    """'auto: on for micro, off for SD 1.5' for a flag's --help text."""
+    def spoken(value):
+        return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
+    return f"auto: {spoken(TRAINING_DEFAULTS[MICRO][flag])} for micro, {spoken(TRAINING_DEFAULTS[SD15][flag])} for SD 1.5"
 
 
 def choose_base(requested, device):
@@ -81,8 +125,6 @@ def resolve_base(args, device, role="release_lora"):
     role names the adapter default that --lora-dir / --adapter-dir takes: 'release_lora'
     for the generation scripts, 'trained_lora' or 'trained_ti' for trainers and comparisons.
     """
-    from common.pipeline import resolve_model_id
-
     base = choose_base(resolve_model_id(str(args.base_model)), device)
     where = location(base)
     if getattr(args, "resolution", None) is None:

@@ -59,3 +59,16 @@ def ensure_class_images(pipe, folder, prompt, count, resolution, *, steps, guida
 def shares(count, prompts):
     """How many of `count` class images each of `prompts` class prompts draws: as even as possible."""
     return [count // prompts + (index < count % prompts) for index in range(prompts)]
+
+
+def class_images_for_prompts(pipe, folder_of, prompts, count, resolution, *, steps, guidance):
+    """`count` class images shared evenly by `prompts`: (images, the caption of each image).
+
+    `folder_of(prompt)` names each prompt's cache folder (see `class_image_folder`).
+    """
+    images, captions = [], []
+    for prompt, share in zip(prompts, shares(count, len(prompts))):
+        images += ensure_class_images(pipe, folder_of(prompt), prompt, share, resolution, steps=steps,
+                                      guidance=guidance, batch_size=4)
+        captions += [prompt] * share
+    return images, captions

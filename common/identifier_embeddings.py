@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.saving import read_safetensors, save_safetensors
 
 IDENTIFIER_FILE = "identifier_embeddings.safetensors"
 
@@ -91,7 +92,6 @@ def set_scale(text_encoder, scale):
 
 
 def save_identifier_embeddings(folder, tokenizer, identifier, word):
-    from common.saving import save_safetensors
 
     pieces = tokenizer.convert_ids_to_tokens(identifier.token_ids.tolist())
     path = Path(folder) / IDENTIFIER_FILE
@@ -104,7 +104,6 @@ def read_identifier_embeddings(path):
     a damaged file is a one-line UserError."""
     from safetensors import safe_open
 
-    from common.adapters import read_safetensors  # here, not at the top: common.adapters imports this module
 
     vectors = read_safetensors(path)
     with safe_open(str(path), framework="pt") as handle:

@@ -58,14 +58,3 @@ class LatentCache:
             mean, std = torch.cat(means), torch.cat(stds)
             sample = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
         return sample * self.vae.config.scaling_factor, indices
-
-
-def noisy_batch(noise_scheduler, latents, generator):
-    """The forward diffusion of DDPM: (noisy latents, timesteps, what the UNet should predict)."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return noisy, timesteps, noise_scheduler.get_velocity(latents, noise, timesteps)
-    return noisy, timesteps, noise

@@ -9,13 +9,9 @@ import os
 import warnings
 from pathlib import Path
 
+from common.base_model import RENAMED_MODEL_IDS, resolve_model_id
 from common.errors import UserError
-
-# The course text names this id; RunwayML removed the repository in 2024 and
-# the same weights now live under the stable-diffusion-v1-5 organisation.
-RENAMED_MODEL_IDS = {
-    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-}
+from common.prompts import IDENTIFIER
 
 
 def quiet_libraries():
@@ -31,15 +27,6 @@ def quiet_libraries():
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def resolve_model_id(base_model):
-    """Map retired hub ids to their new home, saying so once."""
-    if base_model in RENAMED_MODEL_IDS:
-        new_id = RENAMED_MODEL_IDS[base_model]
-        print(f"note: {base_model} no longer exists on the hub; using {new_id}")
-        return new_id
-    return base_model
 
 
 def load_pipeline(base_model, device, dtype):
@@ -89,9 +76,6 @@ def load_pipeline(base_model, device, dtype):
     return pipe
 
 
-SUBJECT_CLASS = "african fabric pattern"
-
-
 def subject_token(adapters, override=None):
     """The word(s) that call up the learned fabric in a prompt.
 
@@ -103,7 +87,7 @@ def subject_token(adapters, override=None):
         return override
     words = [adapter.token for adapter in adapters if adapter.kind == "TI"]
     if any(adapter.kind == "LoRA" for adapter in adapters) or not words:
-        words.insert(0, "sks")
+        words.insert(0, IDENTIFIER)
     return " ".join(words)
 
 

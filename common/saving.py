@@ -1,14 +1,17 @@
-"""Writing outputs atomically: a file is either the old one or the complete new one.
+"""Writing outputs atomically (a file is either the old one or the complete new one), and reading weights.
 
 Every picture, GIF and weight file is first written under a temporary name in
 the same folder and then renamed, which the operating system does in one step.
 A crash or Ctrl-C therefore never leaves a truncated PNG or safetensors file.
+Weights are read and written as safetensors only, never pickle.
 """
 
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from common.errors import UserError
 
 
 def atomic_write(path, write):
@@ -66,3 +69,18 @@ def save_safetensors(tensors, path, metadata=None):
 
     tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
     return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+
+
+def read_safetensors(path):
+    """All tensors of a .safetensors file; a damaged file is a UserError, and pickle is never used."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path} is damaged or incomplete ({str(error).splitlines()[0][:100]}); "
+                        "download or train it again") from None
+    if not state_dict:
+        raise UserError(f"{path} holds no tensors; download or train it again")
+    return state_dict

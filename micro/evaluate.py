@@ -13,6 +13,7 @@
 
     python -m micro.evaluate                                           # base report
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora   # and the subject report
+    python -m micro.evaluate --lora-dir models/micro_trained/fabric_lora --subject-only   # after exercise3b
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora --guidance-study
 """
 
@@ -156,7 +157,7 @@ def drift_by_guidance(pipe, instance_images, judge=None, guidances=(1.0, 7.5), s
     return report
 
 
-def main():
+def main(argv=None):
     import argparse
 
     from common.adapters import load_lora
@@ -168,17 +169,26 @@ def main():
     parser.add_argument("--lora-dir", default=None, help="also report on this LoRA (subject report)")
     parser.add_argument("--guidance-study", action="store_true",
                         help="with --lora-dir: how much each guidance scale magnifies the LoRA's drift")
-    args = parser.parse_args()
+    parser.add_argument("--subject-only", action="store_true",
+                        help="with --lora-dir: skip the base report (112 images of held-out combinations)")
+    parser.add_argument("--output", default=None, help="also write the report to this JSON file")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps per image")
+    args = parser.parse_args(argv)
     pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    report = {"base": base_report(pipe)[0]}
+    report = {} if args.subject_only and args.lora_dir else {"base": base_report(pipe, steps=args.steps)[0]}
     if args.lora_dir:
         load_lora(pipe, args.lora_dir, adapter_name="default")
         instance_images = load_training_images(REPO / "training_images", 64)
-        report["subject"] = subject_report(pipe, instance_images)
+        report["subject"] = subject_report(pipe, instance_images, steps=args.steps)
         if args.guidance_study:
-            report["drift_by_guidance"] = drift_by_guidance(pipe, instance_images)
+            report["drift_by_guidance"] = drift_by_guidance(pipe, instance_images, steps=args.steps)
     print(json.dumps(report, indent=2))
+    if args.output:
+        from common.saving import save_json
+
+        save_json(report, args.output)
+    return report
 
 
 if __name__ == "__main__":

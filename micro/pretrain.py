@@ -107,7 +107,8 @@ def run_stage(folder, models, steps, lr, batches, loss_fn, seed, ema_decay=None,
 
     from common.errors import UserError
     from common.saving import save_json
-    from common.training import load_checkpoint, plot_loss_curves, save_checkpoint, smooth
+    from common.checkpoints import load_checkpoint, save_checkpoint
+    from common.training_run import plot_loss_curves, smooth
 
     name = folder.name
     parameters = {f"{i}.{n}": p for i, model in enumerate(models) for n, p in model.named_parameters()}

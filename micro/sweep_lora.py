@@ -77,7 +77,7 @@ def class_prompts_of(flags):
     return tuple(rest[:ends[0]] if ends else rest)
 
 
-def run_one(name, flags, seed, args, scratch):
+def run_one(name, flags, seed, args, scratch, judge=True):
     folder = scratch / f"{name.replace(' ', '_').replace(',', '').replace(chr(39), '')}-seed{seed}"
     command = [sys.executable, str(REPO / "exercise3b_train_lora.py"), "--base-model", "micro",
                "--device", args.device, "--mixed-precision", "no", "--seed", str(seed),
@@ -86,11 +86,17 @@ def run_one(name, flags, seed, args, scratch):
                "--max-train-steps", str(args.max_train_steps), *flags]
     environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO)
+    if result.returncode == 0 and judge:
+        # exercise3b trains; the judge's subject report is micro.evaluate's
+        result = subprocess.run([sys.executable, "-m", "micro.evaluate", "--lora-dir", str(folder / "lora"),
+                                 "--subject-only", "--output", str(folder / "judge.json")],
+                                capture_output=True, text=True, env=environment, cwd=REPO)
     if result.returncode != 0:
         return name, seed, {"error": (result.stderr or result.stdout).strip().splitlines()[-1:]}
     summary = json.loads((folder / "exercise3b_summary.json").read_text())
     numbers = {}
-    for variant, judged in summary["judge"].items():
+    subject = json.loads((folder / "judge.json").read_text())["subject"] if judge else {}
+    for variant, judged in subject.items():
         for key, value in judged.items():
             if isinstance(value, dict):  # similarity_by_context: one number per context
                 numbers.update({f"{variant} similarity {context}": v for context, v in value.items()})
@@ -135,7 +141,7 @@ def main(argv=None):
         class_prompts = {class_prompts_of(flags) for _, flags, _ in jobs}
         for number, prompts in enumerate(sorted(class_prompts, key=str)):
             warm = ["--max-train-steps", "1"] + (["--class-prompt", *prompts] if prompts else [])
-            _, _, numbers = run_one(f"class-images-{number}", warm, 0, args, scratch)
+            _, _, numbers = run_one(f"class-images-{number}", warm, 0, args, scratch, judge=False)
             if "error" in numbers:
                 raise SystemExit(f"drawing class images failed: {numbers['error']}")
         with ThreadPoolExecutor(args.parallel) as pool:

@@ -10,35 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+from common.prompts import IDENTIFIER, PLACEHOLDER_TOKEN, every_prompt
 from micro import world
 
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 ASCII = [chr(code) for code in range(33, 127)]
 
 
-def exercise_prompts():
-    """Every prompt the exercises and trainers use, with the subject phrase filled in."""
-    import exercise1_generate
-    import exercise2_explore
-    import exercise3_compare
-    import exercise3a_train_textual_inversion as ti
-    import exercise3b_train_lora as lora
-    import generate_dreambooth_morph as morph
-
-    templates = (list(exercise1_generate.CONTEXTS.values()) + list(exercise2_explore.STYLES.values())
-                 + [exercise2_explore.GUIDANCE_PROMPT, exercise2_explore.SEED_PROMPT, morph.PROMPT]
-                 + list(exercise3_compare.CONTEXTS.values()))
-    prompts = [t.format(subject="sks african fabric pattern") for t in templates]
-    prompts += [t.format("<african-fabric>") for t in ti.STYLE_TEMPLATES + ti.PROGRESS_TEMPLATES]
-    prompts += [lora.INSTANCE_PROMPT, lora.CLASS_PROMPT] + lora.PROGRESS_PROMPTS
-    return prompts
-
-
 def corpus(count=20000, seed=0):
     rng = np.random.default_rng(seed)
     captions = [world.caption(world.random_spec(rng), rng) for _ in range(count)]
     # The exercise prompts without "sks" (and without TI tokens): their words must be whole tokens.
-    extra = [p.replace("sks ", "").replace("<african-fabric>", "") for p in exercise_prompts()]
+    extra = [p.replace(f"{IDENTIFIER} ", "").replace(PLACEHOLDER_TOKEN, "") for p in every_prompt()]
     return captions + extra * 20
 
 

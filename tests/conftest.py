@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.tiny_models import build_tiny_pipeline, write_peft_lora  # noqa: E402
+from tests.helpers import REPO, build_tiny_pipeline, write_peft_lora  # noqa: E402
 
 RELEASE = REPO.parent / "shared" / "release"
 
@@ -24,7 +23,7 @@ def tiny_pipeline_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_lora_dir(tiny_pipeline_dir, tmp_path_factory):
     """A PEFT LoRA folder for the tiny pipeline, r=4, alpha=32 (scale 8) like the release."""
-    from tests.tiny_models import tiny_unet
+    from tests.helpers import tiny_unet
 
     return write_peft_lora(tmp_path_factory.mktemp("tiny_lora"), tiny_unet())
 

@@ -9,14 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from common.adapters import injected_lora_layers, load_lora, load_textual_inversion
 from common.errors import UserError
-
-
-def unet_output(pipe, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    sample = torch.randn(1, 4, 8, 8, generator=generator)
-    context = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=generator)
-    with torch.no_grad():
-        return pipe.unet(sample, 500, context).sample
+from tests.helpers import unet_output
 
 
 def test_peft_folder_loads_every_layer_at_alpha_over_r(load_tiny_pipe, tiny_lora_dir):
@@ -162,7 +155,7 @@ def test_corrupt_weights(load_tiny_pipe, tiny_lora_dir, tmp_path, damage):
 
 
 def test_lora_for_another_base_names_both_shapes(load_tiny_pipe, tmp_path):
-    from tests.tiny_models import tiny_unet, write_peft_lora
+    from tests.helpers import tiny_unet, write_peft_lora
 
     other = write_peft_lora(tmp_path / "wide", tiny_unet(cross_attention_dim=48))
     message = expect_error(load_tiny_pipe(), other, "another base model", "48-wide", "32-wide")

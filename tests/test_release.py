@@ -61,7 +61,7 @@ def test_release_lora_loads_128_layers_at_scale_8(sd15_unet, release_dir):
 
 
 def test_release_textual_inversion_adds_its_token(tmp_path, release_dir):
-    from tests.tiny_models import build_tiny_pipeline
+    from tests.helpers import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(tmp_path / "tiny768", text_width=768)  # SD 1.5's text width, few layers
     vocab_size = len(pipe.tokenizer)

@@ -11,19 +11,7 @@ from PIL import Image
 import exercise1_generate
 import exercise2_explore
 import generate_dreambooth_morph
-from common.errors import run_script
-from tests.conftest import REPO
-
-TINY = ["--steps", "2", "--resolution", "32"]
-
-
-def run_main(module, args):
-    """Run a script's main through the same wrapper as the command line; return (exit code, stderr)."""
-    try:
-        run_script(module.main, [str(a) for a in args])
-    except SystemExit as stop:
-        return stop.code
-    return 0
+from tests.helpers import REPO, TINY, run_main
 
 
 def test_exercise1_writes_every_picture(tiny_pipeline_dir, tiny_lora_dir, tmp_path, capsys):
@@ -179,7 +167,7 @@ def test_truncated_adapter(tiny_pipeline_dir, tiny_lora_dir, tmp_path, capsys):
 
 
 def test_adapter_for_another_base(tiny_pipeline_dir, tmp_path, capsys):
-    from tests.tiny_models import tiny_unet, write_peft_lora
+    from tests.helpers import tiny_unet, write_peft_lora
 
     wide = write_peft_lora(tmp_path / "wide", tiny_unet(cross_attention_dim=48))
     expect_refusal(exercise1_generate, ["--base-model", tiny_pipeline_dir, "--lora-dir", wide],

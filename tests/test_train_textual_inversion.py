@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import exercise3a_train_textual_inversion as trainer
-from tests.test_scripts import run_main
+from tests.helpers import run_main
 
 
 def ti_args(tiny_pipeline_dir, instance_dir, tmp_path, *extra):

@@ -1,14 +1,45 @@
-"""Tiny, randomly initialised models in Stable Diffusion's format, built in seconds.
+"""What the tests share: tiny models in Stable Diffusion's format, and running a script as a student would.
 
-They share SD 1.5's structure (CLIP tokenizer and text encoder, a UNet with
-cross-attention, a KL VAE with 4 latent channels) at a few thousand times
-fewer weights, so every code path runs on a CPU without a download.
+The tiny models share SD 1.5's structure (CLIP tokenizer and text encoder, a
+UNet with cross-attention, a KL VAE with 4 latent channels) at a few thousand
+times fewer weights, built in seconds, so every code path runs on a CPU
+without a download.
 """
 
 import json
 from pathlib import Path
 
 import torch
+
+from common.errors import run_script
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--steps", "2", "--resolution", "32"]  # sampling flags that keep a script's run to seconds
+
+
+def run_main(module, args):
+    """Run a script's main through the same wrapper as the command line; return its exit code."""
+    try:
+        run_script(module.main, [str(a) for a in args])
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def train_args(tiny_pipeline_dir, instance_dir, tmp_path, *extra):
+    """exercise3b's flags for a seconds-long run on the tiny pipeline, everything written under tmp_path."""
+    return ["--base-model", tiny_pipeline_dir, "--instance-dir", instance_dir, "--class-dir", tmp_path / "classes",
+            "--num-class-images", 3, "--resolution", 32, "--steps", 2, "--adapter-dir", tmp_path / "lora",
+            "--output-dir", tmp_path / "out", "--progress-every", 1000, *extra]
+
+
+def unet_output(pipe, seed=0):
+    """The UNet's prediction for a fixed random input: equal outputs mean equal weights in effect."""
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    context = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        return pipe.unet(sample, 500, context).sample
 
 TINY_TEXT_WIDTH = 32
 

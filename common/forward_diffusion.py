@@ -1,0 +1,22 @@
+"""The forward diffusion of DDPM: what the UNet is trained to undo.
+
+Training never runs the sampler. It takes a clean latent, picks a random
+timestep t, and mixes in Gaussian noise at the level the noise schedule gives
+for t: noisy = sqrt(a_t) * latent + sqrt(1 - a_t) * noise. The UNet sees the
+noisy latent and t and must predict the noise (or, for v-prediction models,
+the velocity). One random t per image per update, which is why a single
+update's loss jumps around: some timesteps are easy, some hard.
+"""
+
+import torch
+
+
+def noisy_batch(noise_scheduler, latents, generator):
+    """(noisy latents, timesteps, what the UNet should predict), all drawn from `generator`."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noisy, timesteps, noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noisy, timesteps, noise
