@@ -1,6 +1,6 @@
 """Loading personalisation adapters into a pipeline, and proving they loaded.
 
-Three file kinds come out of DreamBooth-style training:
+Four kinds of file come out of DreamBooth-style training:
 
 1. a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors, keys
    `base_model.model.<module>.lora_A.weight`), which is what the course's

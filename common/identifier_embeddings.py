@@ -6,7 +6,7 @@ through, and whatever those layers learn reaches prompts without "sks" too.
 Training the identifier's token embeddings as well (a few vectors, as textual
 inversion does for a new word) gives "sks" a handle that only prompts with it
 carry. On micro, where "sks" is three letter pieces that pretraining never
-trained, this is what made the difference (README, "The lesson, measured").
+trained, this is what made the difference (docs/micro_model.md, "The lesson, measured").
 
 Why not diffusers' `load_textual_inversion`: it adds new tokens and refuses
 tokens already in the vocabulary, while DreamBooth's identifier is made of

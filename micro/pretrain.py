@@ -46,11 +46,11 @@ SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear
                 prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
-# Attention sits at the 8x8 and 4x4 levels (and the middle), not at 16x16. Measured on
-# this CPU (batch 32): self-attention over 256 positions was half of every update
-# (0.51 s with it, 0.24 s without at 32/64/96 channels). Fabric patterns are local, so
-# convolutions draw them; the prompt still reaches every level through the 8x8 and 4x4
-# cross-attention. The saved time buys width at 16x16, where the fine detail is drawn.
+# Attention sits at the 8x8 and 4x4 levels (and the middle), not at 16x16: self-attention
+# over 256 positions was half the cost of every update (docs/micro_model.md, "Pretraining").
+# Fabric patterns are local, so convolutions draw them; the prompt still reaches every level
+# through the 8x8 and 4x4 cross-attention. The saved time buys width at 16x16, where the
+# fine detail is drawn.
 UNET_BLOCKS = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
 
@@ -247,8 +247,8 @@ def train_decoder(args, device):
     latents the UNet learns from, stay exactly as they are; only the pictures made from them improve.
 
     An L1 loss on image gradients rewards edges, so that a 4x4-pixel diamond is less often decoded
-    as a round dot (which changes the pattern family). Measured: the judge recognises the family
-    of 67% of reconstructions after this stage, 64% before; diamonds are still mostly dots.
+    as a round dot (which changes the pattern family); docs/micro_model.md measures how often
+    the judge still recognises the family after this stage.
     """
     vae = load_final([make_vae()], args.work_dir / "vae")[0].to(device)
     vae.encoder.requires_grad_(False)
