@@ -268,7 +268,7 @@ def test_gradient_checkpointing_flag_trains_the_same_adapter(tiny_pipeline_dir, 
     """Recomputing activations changes memory and time, not the arithmetic's result."""
     from safetensors.torch import load_file
 
-    adapters = []
+    adapters, histories = [], []
     for flag in ("--gradient-checkpointing", "--no-gradient-checkpointing"):
         folder = tmp_path / flag
         assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, folder, "--max-train-steps", 2,
@@ -276,9 +276,13 @@ def test_gradient_checkpointing_flag_trains_the_same_adapter(tiny_pipeline_dir, 
         summary = json.loads((folder / "out" / "exercise3b_summary.json").read_text())
         assert summary["gradient_checkpointing"] is (flag == "--gradient-checkpointing")
         adapters.append(load_file(str(folder / "lora" / "adapter_model.safetensors")))
-    # B moved by about lr per update in both; a recomputed forward may differ in the last bits only
-    for key, tensor in adapters[0].items():
-        assert torch.allclose(tensor, adapters[1][key], atol=1e-5), key
+        histories.append(json.loads((folder / "lora" / "checkpoint-2" / "training_state.json").read_text())["history"])
+    # A recomputed forward gives the same loss; AdamW then moves each weight by about lr * sign(g). Where
+    # |g| is near its eps, a last-bit difference in g (another order of summing the recomputed
+    # activations' gradients) may move a weight differently, so nearly every weight, not all, must agree.
+    assert histories[0]["total"][0] == pytest.approx(histories[1]["total"][0], rel=1e-6)
+    same = sum(((tensor - adapters[1][key]).abs() <= 1e-6).sum().item() for key, tensor in adapters[0].items())
+    assert same >= 0.99 * sum(tensor.numel() for tensor in adapters[0].values())
 
 
 def test_compiled_training_saves_the_same_kind_of_adapter(tiny_pipeline_dir, instance_dir, tmp_path, monkeypatch):
