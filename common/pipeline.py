@@ -68,9 +68,11 @@ def load_pipeline(base_model, device, dtype):
 
     # DPM-Solver++ reaches in 20-30 steps what the default PNDM needs 50 for.
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    # The VAE decodes a batch one image at a time: at 512 px its decoder's activations, not the
-    # UNet's, are the largest, and this keeps a batch of nine within an 8 GB card.
-    pipe.vae.enable_slicing()
+    if str(device).startswith("cuda"):
+        # The VAE decodes a batch one image at a time: at 512 px its decoder's activations, not the
+        # UNet's, are the largest, and this keeps a batch of nine within an 8 GB card. (Not on the
+        # CPU: there memory is not short, and batched decoding keeps earlier results bit for bit.)
+        pipe.vae.enable_slicing()
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     return pipe
