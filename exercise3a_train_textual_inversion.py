@@ -18,7 +18,8 @@ row can change, and checkpoints hold 768 numbers instead of the whole matrix.
 What to look at
 ---------------
 outputs/training_progress_ti/step_NNNNN.png   4 fixed prompts every 500 updates
-outputs/exercise3a_loss_curve.png             raw (faint) and smoothed (bold) loss
+outputs/exercise3a_loss_curve.png             raw (faint) and smoothed (bold) loss, and the evaluation
+                                              loss on the same noise every time
 outputs/exercise3a_summary.json               updates, time of each phase, final loss, file size, settings
 models/fabric_textual_inversion/learned_embeds.safetensors    use it with --ti-file
 
@@ -45,6 +46,7 @@ INITIALIZER_TOKEN = "pattern"
 MAX_TRAIN_STEPS, LEARNING_RATE = 3000, 5e-4
 # Style captions ("a textile in the style of {}"): the token names a look, not an object in the scene.
 STYLE_TEMPLATES = prompts.TI_STYLE_TEMPLATES
+EVALUATION_PAIRS = 4  # fixed (noise, timestep) pairs per image for the evaluation loss
 EMBEDDING_FILE = "learned_embeds.safetensors"
 RESUME_SETTINGS = ["base_model", "resolution", "learning_rate", "placeholder_token", "initializer_token",
                    "train_batch_size", "flip", "seed"]
@@ -112,6 +114,7 @@ def main(argv=None):
     from common.base_model import resolve_base
     from common.checkpoints import fingerprint, prepare_run
     from common.device import pick_device
+    from common.evaluation_loss import EvaluationLoss
     from common.latent_cache import LatentCache
     from common.pipeline import load_pipeline
     from common.saving import save_json, save_safetensors
@@ -144,6 +147,10 @@ def main(argv=None):
     captions = [template.format(args.placeholder_token) for template in STYLE_TEMPLATES]
     caption_ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids.to(device)
+    # The evaluation loss asks the same questions each time: the first caption, fixed noise and timesteps.
+    evaluation = EvaluationLoss(pipe.vae, noise_scheduler, {"instance": images},
+                                lambda role: pipe.text_encoder(caption_ids[:1])[0], pairs_per_image=EVALUATION_PAIRS,
+                                device=device, dtype=weight_dtype)
 
     # Step 3: the loop. The text encoder must run every update (its input,
     # the new vector, changes); the VAE's latents come from the cache.
@@ -153,7 +160,7 @@ def main(argv=None):
                       checkpoint=checkpoint, clock=PhaseClock(), pipe=pipe, trained_models=[],
                       progress_prompts=[t.format(args.placeholder_token) for t in prompts.TI_PROGRESS_TEMPLATES],
                       progress_seeds=prompts.PROGRESS_SEEDS, progress_folder="training_progress_ti",
-                      description="TI updates")
+                      description="TI updates", evaluation=evaluation)
     with run:
         for _ in run.updates():
             latents = latents_of.draw("instance", args.train_batch_size, generator)

@@ -25,7 +25,9 @@ What to look at
 outputs/training_progress_lora/step_NNNNN.png   4 fixed prompts and seeds every 100 updates:
                                                  watch "sks" turn into your fabric while
                                                  "a fabric pattern" stays generic
-outputs/exercise3b_loss_curves.png               total, instance and prior loss
+outputs/exercise3b_loss_curves.png               total, instance and prior loss, and the evaluation
+                                                 loss (the same noise every time): the instance
+                                                 loss falls while the class loss stays
 outputs/exercise3b_summary.json                  updates, time of each phase, final losses, sizes, settings
 models/fabric_lora/                              the adapter, in PEFT and diffusers format
                                                  (on micro: models/micro_trained/fabric_lora/)
@@ -63,6 +65,9 @@ CLASS_PROMPT = prompts.CLASS_PROMPT        # "a fabric pattern"
 IDENTIFIER = prompts.IDENTIFIER            # "sks"
 MAX_TRAIN_STEPS, LEARNING_RATE, RANK, LORA_ALPHA = 800, 1e-4, 4, 32  # scale alpha / r = 8, as the release
 NUM_CLASS_IMAGES, PRIOR_LOSS_WEIGHT = 100, 1.0
+# The evaluation loss: the instance images and this many class images, each with this many
+# fixed (noise, timestep) pairs (common/evaluation_loss.py).
+EVALUATION_CLASS_IMAGES, EVALUATION_PAIRS = 10, 4
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the UNet's attention projections, as diffusers' script
 IDENTIFIER_PARAMETER = "text_encoder.identifier_embeddings"  # its name in checkpoints
 # What a run writes into --adapter-dir (text_encoder/ only with --train-text-encoder,
@@ -176,9 +181,10 @@ def main(argv=None):
 
     from common.base_model import resolve_base, resolve_training_defaults
     from common.checkpoints import fingerprint, prepare_run
-    from common.class_images import class_image_folder, class_images_for_prompts
+    from common.class_images import class_image_folder, class_images_for_prompts, ensure_class_images
     from common.device import pick_device
-    from common.encoded_examples import EncodedExamples
+    from common.encoded_examples import EncodedExamples, encode_prompt
+    from common.evaluation_loss import EvaluationLoss
     from common.identifier_embeddings import attach, identifier_token_ids, save_identifier_embeddings
     from common.lora_saving import save_lora
     from common.lora_training import TEXT_ENCODER_LORA_TARGETS, add_lora, check_lora_targets
@@ -215,11 +221,18 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     clock = PhaseClock()
     images_by_role, captions_by_role = {"instance": instance_images}, {"instance": args.instance_prompt}
-    if args.prior_preservation:
-        with accelerator.main_process_first(), clock.phase("class images"):
+    folder_of = lambda prompt: class_image_folder(args.class_dir, where, prompt, args.resolution)  # noqa: E731
+    with accelerator.main_process_first(), clock.phase("class images"):
+        if args.prior_preservation:
             images_by_role["class"], captions_by_role["class"] = class_images_for_prompts(
-                pipe, lambda prompt: class_image_folder(args.class_dir, where, prompt, args.resolution),
-                args.class_prompt, args.num_class_images, args.resolution, steps=args.steps, guidance=args.guidance)
+                pipe, folder_of, args.class_prompt, args.num_class_images, args.resolution, steps=args.steps,
+                guidance=args.guidance)
+        # The evaluation loss watches the class prompt with or without prior preservation: without
+        # it, its curve shows the class drifting. These are the prior's first images, drawn once.
+        evaluation_class_images = ensure_class_images(
+            pipe, folder_of(args.class_prompt[0]), args.class_prompt[0],
+            min(EVALUATION_CLASS_IMAGES, args.num_class_images), args.resolution, steps=args.steps,
+            guidance=args.guidance)
 
     # -----------------------------------------------------------------------
     # Step 4: freeze everything, then add the LoRA matrices; only they train.
@@ -256,6 +269,13 @@ def main(argv=None):
     if args.train_text_encoder:  # trains through Accelerate's wrapper; the pipeline samples with the bare one
         examples.text_encoder = accelerator.prepare(pipe.text_encoder)
 
+    # The same questions at every evaluation: fixed noise and timesteps on fixed images.
+    evaluation_captions = {"instance": args.instance_prompt, "class": args.class_prompt[0]}
+    evaluation = EvaluationLoss(pipe.vae, noise_scheduler, {"instance": instance_images,
+                                                            "class": evaluation_class_images},
+                                lambda role: encode_prompt(pipe, evaluation_captions[role], device),
+                                pairs_per_image=EVALUATION_PAIRS, device=device, dtype=weight_dtype)
+
     # -----------------------------------------------------------------------
     # Step 5: the training loop. One iteration = one optimizer update. One
     # generator draws images, flips, noise and timesteps: saving its state is
@@ -267,7 +287,7 @@ def main(argv=None):
                       loss_names=["total", "instance", "prior"], checkpoint=checkpoint, clock=clock, pipe=pipe,
                       trained_models=[unet] + ([examples.text_encoder] if args.train_text_encoder else []),
                       progress_prompts=prompts.LORA_PROGRESS_PROMPTS, progress_seeds=prompts.PROGRESS_SEEDS,
-                      progress_folder="training_progress_lora", description="LoRA updates")
+                      progress_folder="training_progress_lora", description="LoRA updates", evaluation=evaluation)
     with run:
         for _ in run.updates():
             total, instance, prior = training_step(unet, noise_scheduler, examples, args.train_batch_size, generator,

@@ -157,8 +157,12 @@ def sampling(accelerator, trained_models):
             model.train()
 
 
-def plot_loss_curves(history, path, title):
-    """One panel per loss in `history` ({name: [value per update]}): raw faint, smoothed bold."""
+EVALUATION_LABELS = {"instance": "instance images, instance prompt", "class": "class images, class prompt"}
+
+
+def plot_loss_curves(history, path, title, evaluation=None):
+    """One panel per loss in `history` ({name: [value per update]}): raw faint, smoothed bold; then,
+    with `evaluation` ({"update": [...], role: [...]}), a panel of the fixed-noise evaluation losses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +171,19 @@ def plot_loss_curves(history, path, title):
     from common.saving import save_figure
 
     curves = {name: values for name, values in history.items() if values}
-    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+    panels = len(curves) + bool(evaluation and evaluation["update"])
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
+    if panels > len(curves):
+        axis = axes[0][-1]
+        for role, label in EVALUATION_LABELS.items():
+            values = evaluation.get(role)
+            if values:
+                change = f"{values[0]:.3f} -> {values[-1]:.3f} ({values[-1] / values[0] - 1:+.0%})"
+                axis.plot(evaluation["update"], values, marker="o", linewidth=2.0, label=f"{label}: {change}")
+        axis.set_title("evaluation loss: the same noise every time")
+        axis.set_xlabel("optimizer update")
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8, loc="lower left")
     for axis, (name, values) in zip(axes[0], curves.items()):
         updates = range(1, len(values) + 1)
         axis.plot(updates, values, alpha=0.25, linewidth=0.8, label="raw")
@@ -205,7 +221,7 @@ class TrainingRun:
 
     def __init__(self, *, args, accelerator, settings, trainable, optimizer, lr_scheduler, generator, loss_names,
                  checkpoint, clock, pipe, trained_models, progress_prompts, progress_seeds, progress_folder,
-                 description):
+                 description, evaluation=None):
         self.args, self.accelerator, self.settings = args, accelerator, settings
         self.trainable, self.optimizer, self.lr_scheduler, self.generator = trainable, optimizer, lr_scheduler, generator
         self.clock, self.pipe, self.trained_models = clock, pipe, trained_models
@@ -213,10 +229,15 @@ class TrainingRun:
         self.progress_folder, self.description = progress_folder, description
         self.history = {name: [] for name in loss_names}
         self.first_update, self.seconds_before = 0, 0.0
+        # `evaluation(unet)` -> {role: loss} on a fixed set (common/evaluation_loss.py), at update 0 and with
+        # every progress grid; its curve is kept in `self.evaluations` and in checkpoints.
+        self.evaluation = evaluation
+        self.evaluations = {"update": []}
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, generator,
                                     accelerator.process_index)
             self.first_update, self.history, self.seconds_before = state["update"], state["history"], state["seconds"]
+            self.evaluations = state.get("evaluation", self.evaluations)
             print(f"resuming from {checkpoint} at update {self.first_update}")
         self.losses = LossLog(self.history, args.adapter_dir)
         self.first_update_seconds = 0.0
@@ -226,6 +247,8 @@ class TrainingRun:
     # --- the loop --------------------------------------------------------------------------------
 
     def __enter__(self):
+        if self.first_update == 0:
+            self.evaluate(0)  # where the curves start: the base model
         for model in self.trained_models:
             model.train()
         self.clock.begin("training")
@@ -248,10 +271,11 @@ class TrainingRun:
             if self.losses.updates == self.first_update + 1:
                 self.first_update_seconds = time.perf_counter() - self.started
         done = self.losses.updates
-        if done % self.args.checkpoint_every == 0 or done == self.args.max_train_steps:
-            self.save_checkpoint(done)
         if done % self.args.progress_every == 0 or done == self.args.max_train_steps:
             self.save_progress_grid(done)
+            self.evaluate(done)
+        if done % self.args.checkpoint_every == 0 or done == self.args.max_train_steps:
+            self.save_checkpoint(done)  # after the evaluation, so that the checkpoint's curve includes it
 
     def __exit__(self, kind, error, traceback):
         try:
@@ -276,7 +300,8 @@ class TrainingRun:
         with self.clock.phase("checkpoints"):
             save_checkpoint(self.args.adapter_dir / f"checkpoint-{update}", self.trainable, self.optimizer,
                             self.lr_scheduler, self.generator,
-                            {"update": update, "history": self.history, "settings": self.settings,
+                            {"update": update, "history": self.history, "evaluation": self.evaluations,
+                             "settings": self.settings,
                              "seconds": self.seconds_before + time.perf_counter() - self.started},
                             rank=self.accelerator.process_index)
 
@@ -296,6 +321,17 @@ class TrainingRun:
         save_figure(labelled_grid(images, self.progress_prompts, cols=len(images), suptitle=f"after {update} updates"),
                     args.output_dir / self.progress_folder / f"step_{update:05d}.png")
 
+    def evaluate(self, update):
+        """The fixed-noise evaluation loss now, with the models as they sample (eval mode, the training's
+        autocast); the pipeline's bare UNet, so that no wrapper (DDP, torch.compile) is involved."""
+        if self.evaluation is None or not self.accelerator.is_main_process:
+            return
+        with self.clock.phase("evaluation"), sampling(self.accelerator, self.trained_models):
+            losses = self.evaluation(self.pipe.unet)
+        self.evaluations["update"].append(update)
+        for role, value in losses.items():
+            self.evaluations.setdefault(role, []).append(round(value, 6))
+
     # --- after the loop ----------------------------------------------------------------------------
 
     def summary(self):
@@ -309,10 +345,11 @@ class TrainingRun:
             "seconds_per_update": round(seconds / updates, 4),
             "final_smoothed_loss": final["total"] if list(self.history) == ["total"] else final,  # one loss: a number
             **self.clock.summary(updates - self.first_update, self.first_update_seconds),
+            **({"evaluation_loss": self.evaluations} if self.evaluations["update"] else {}),
         }
 
     def plot_loss_curves(self, path, title):
-        return plot_loss_curves(self.history, path, title)
+        return plot_loss_curves(self.history, path, title, self.evaluations)
 
     def describe(self):
         """The closing line: updates, speed, and the seconds of each phase."""

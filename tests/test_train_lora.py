@@ -36,6 +36,12 @@ def test_resume_continues_exactly(tiny_pipeline_dir, instance_dir, tmp_path, tex
     assert (split / "lora" / "text_encoder").exists() == text_encoder
     summary = json.loads((split / "out" / "exercise3b_summary.json").read_text())
     assert summary["optimizer_updates"] == 6
+    # the evaluation curve goes on where it stopped: at updates 0 and 6 it matches the straight run's
+    straight_curve = json.loads((straight / "out" / "exercise3b_summary.json").read_text())["evaluation_loss"]
+    curve = summary["evaluation_loss"]
+    assert curve["update"] == [0, 3, 6] and straight_curve["update"] == [0, 6]
+    for role in ("instance", "class"):
+        assert [curve[role][0], curve[role][2]] == pytest.approx(straight_curve[role], abs=1e-6)
     assert (summary["text_encoder_lora_layers"] > 0) == text_encoder
     assert summary["lora_layers"] == 32 + summary["text_encoder_lora_layers"]
     assert summary["settings"]["lora_alpha"] == 32
