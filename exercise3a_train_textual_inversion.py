@@ -29,12 +29,11 @@ Run it
     python exercise1_generate.py --lora-dir none --ti-file models/fabric_textual_inversion/learned_embeds.safetensors
 """
 
-from pathlib import Path
 
 import torch
 
 from common import prompts
-from common.cli import make_parser, positive_float, positive_int
+from common.cli import add_training_flags, make_parser
 from common.errors import UserError, run_script
 from common.forward_diffusion import noisy_batch
 
@@ -54,31 +53,13 @@ RESUME_SETTINGS = ["base_model", "resolution", "learning_rate", "placeholder_tok
 
 def parse_args(argv=None):
     parser = make_parser(__doc__.split("\n")[0], adapters=False)
-    data = parser.add_argument_group("data")
-    data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
+    data, _ = add_training_flags(parser, max_train_steps=MAX_TRAIN_STEPS, learning_rate=LEARNING_RATE,
+                                 checkpoint_every=500, progress_every=500, weights=f"the embedding ({EMBEDDING_FILE})",
+                                 adapter_dir_help="auto: models/micro_trained/fabric_textual_inversion on micro, "
+                                                  "models/fabric_textual_inversion on SD 1.5")
     data.add_argument("--placeholder-token", default=PLACEHOLDER_TOKEN, help="the new word to learn")
     data.add_argument("--initializer-token", default=INITIALIZER_TOKEN,
                       help="an existing word whose embedding is the starting point")
-    data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
-    train = parser.add_argument_group("training")
-    train.add_argument("--max-train-steps", type=positive_int, default=MAX_TRAIN_STEPS, help="optimizer updates")
-    train.add_argument("--learning-rate", type=positive_float, default=LEARNING_RATE, help="AdamW learning rate")
-    train.add_argument("--train-batch-size", type=positive_int, default=1, help="images per update")
-    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                       help="auto: fp16 on CUDA, none on CPU (bf16 also runs on a CPU, slowly)")
-    train.add_argument("--no-cache", dest="cache", action="store_false",
-                       help="run the frozen VAE every update instead of once (slower; for measuring)")
-    train.add_argument("--checkpoint-every", type=positive_int, default=500, help="updates between checkpoints")
-    train.add_argument("--progress-every", type=positive_int, default=500, help="updates between progress grids")
-    out = parser.add_argument_group("embedding output")
-    out.add_argument("--adapter-dir", default="auto",
-                     help=f"where {EMBEDDING_FILE} and checkpoints go; auto: "
-                          "models/micro_trained/fabric_textual_inversion on micro, "
-                          "models/fabric_textual_inversion on SD 1.5")
-    out.add_argument("--resume", default=None, help="'latest' or a checkpoint-N folder to continue from")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace an embedding already in --adapter-dir (the old file is moved to a backup)")
-    parser.set_defaults(seed=0)
     return parser.parse_args(argv)
 
 

@@ -52,7 +52,8 @@ import torch
 
 from common import prompts
 from common.base_model import MICRO, auto_help
-from common.cli import auto_or, make_parser, non_negative_float, positive_float, positive_int, share
+from common.cli import (add_training_flags, auto_or, make_parser, non_negative_float, positive_float,
+                        positive_int, share)
 from common.errors import run_script
 from common.forward_diffusion import noisy_batch
 from common.prior_preservation import prior_preservation_loss
@@ -83,8 +84,10 @@ RESUME_SETTINGS = ["base_model", "resolution", "rank", "lora_alpha", "lora_targe
 
 def parse_args(argv=None):
     parser = make_parser(__doc__.split("\n")[0], adapters=False)
-    data = parser.add_argument_group("data")
-    data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
+    data, train = add_training_flags(parser, max_train_steps=MAX_TRAIN_STEPS, learning_rate=LEARNING_RATE,
+                                     checkpoint_every=200, progress_every=100, weights="the LoRA",
+                                     adapter_dir_help="auto: models/micro_trained/fabric_lora on micro, "
+                                                      "models/fabric_lora on SD 1.5")
     data.add_argument("--instance-prompt", default=INSTANCE_PROMPT, help="caption of every instance image")
     data.add_argument("--class-prompt", nargs="+", default=[CLASS_PROMPT],
                       help="what the base model draws as the prior; several prompts share the class images")
@@ -101,11 +104,9 @@ def parse_args(argv=None):
                            "(diffusers' flag of that name); guidance subtracts what the empty prompt learns, "
                            "which pulls the subject out of prompts without the identifier. "
                            + auto_help("proportion_empty_prompts"))
-    data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
-    train = parser.add_argument_group("training")
-    train.add_argument("--max-train-steps", type=positive_int, default=MAX_TRAIN_STEPS, help="optimizer updates")
-    train.add_argument("--learning-rate", type=positive_float, default=LEARNING_RATE, help="AdamW learning rate")
     train.add_argument("--rank", type=positive_int, default=RANK, help="LoRA rank r")
+    train.add_argument("--lora-alpha", type=positive_float, default=LORA_ALPHA,
+                       help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release)")
     train.add_argument("--lora-targets", nargs="+", default=LORA_TARGETS,
                        help="UNet module names the LoRA adapts (PEFT suffix match), e.g. add conv1 conv2 "
                             "for the ResNet convolutions")
@@ -119,31 +120,12 @@ def parse_args(argv=None):
                        help="the rare word of --instance-prompt that names your subject")
     train.add_argument("--identifier-learning-rate", type=positive_float, default=5e-3,
                        help="AdamW learning rate of the identifier's token embeddings")
-    train.add_argument("--lora-alpha", type=positive_float, default=LORA_ALPHA,
-                       help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release)")
-    train.add_argument("--train-batch-size", type=positive_int, default=1,
-                       help="instance images per update (and as many class images)")
-    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                       help="auto: fp16 on CUDA, none on CPU (bf16 also runs on a CPU, slowly)")
     train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default="auto",
                        help="recompute the UNet's activations in the backward pass: less GPU memory, "
                             "slower updates; auto: on only for a CUDA GPU too small to train without it")
     train.add_argument("--compile", action="store_true",
                        help="compile the UNet's training step with torch.compile: the first update waits while "
                             "it compiles, to make later ones faster (docs/performance.md)")
-    train.add_argument("--no-cache", dest="cache", action="store_false",
-                       help="run the frozen VAE and text encoder every update instead of once (slower; "
-                            "for measuring what caching saves)")
-    train.add_argument("--checkpoint-every", type=positive_int, default=200, help="updates between checkpoints")
-    train.add_argument("--progress-every", type=positive_int, default=100, help="updates between progress grids")
-    out = parser.add_argument_group("adapter output")
-    out.add_argument("--adapter-dir", default="auto",
-                     help="where the LoRA goes; auto: models/micro_trained/fabric_lora on micro, "
-                          "models/fabric_lora on SD 1.5")
-    out.add_argument("--resume", default=None, help="'latest' or a checkpoint-N folder to continue from")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace an adapter already in --adapter-dir (the old files are moved to a backup)")
-    parser.set_defaults(seed=0)
     args = parser.parse_args(argv)
     if args.identifier not in args.instance_prompt.split():
         parser.error(f"--identifier {args.identifier!r} is not a word of --instance-prompt {args.instance_prompt!r}")

@@ -127,3 +127,36 @@ def add_adapter_flags(model):
     model.add_argument("--token", default=None,
                        help="the word(s) in prompts that call up the subject; default: 'sks' for a LoRA, "
                             "the embedding's own token for --ti-file alone")
+
+
+def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_every, progress_every, weights,
+                       adapter_dir_help):
+    """The flags both trainers share, grouped as --help shows them: (data, training, output) groups.
+
+    `weights` names what the run writes ("the LoRA", "the embedding"), for the help texts.
+    """
+    from pathlib import Path
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
+    data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
+    train = parser.add_argument_group("training")
+    train.add_argument("--max-train-steps", type=positive_int, default=max_train_steps, help="optimizer updates")
+    train.add_argument("--learning-rate", type=positive_float, default=learning_rate, help="AdamW learning rate")
+    train.add_argument("--train-batch-size", type=positive_int, default=1,
+                       help="instance images per update (3b: and as many class images)")
+    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                       help="auto: fp16 on CUDA, none on CPU (bf16 also runs on a CPU, slowly)")
+    train.add_argument("--no-cache", dest="cache", action="store_false",
+                       help="run the frozen encoders every update instead of once (slower; for measuring)")
+    train.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every,
+                       help="updates between checkpoints")
+    train.add_argument("--progress-every", type=positive_int, default=progress_every,
+                       help="updates between progress grids and evaluation losses")
+    out = parser.add_argument_group("output")
+    out.add_argument("--adapter-dir", default="auto", help=f"where {weights} and its checkpoints go; {adapter_dir_help}")
+    out.add_argument("--resume", default=None, help="'latest' or a checkpoint-N folder to continue from")
+    out.add_argument("--overwrite", action="store_true",
+                     help=f"replace {weights} already in --adapter-dir (the old files are moved to a backup)")
+    parser.set_defaults(seed=0)  # the seed of training; progress grids keep their own seeds
+    return data, train
