@@ -11,7 +11,8 @@ the base model, add the learned adapter, and ask.
 What to look at
 ---------------
 outputs/exercise1_output.png                 the nine contexts, titled with their prompts
-outputs/exercise1_grid_simple.png            the same nine, pixel for pixel, no titles
+outputs/exercise1_grid_simple.png            the same nine, pixel for pixel, no titles (on micro each
+                                             pixel a 4x4 square: 64 px images enlarged to 256)
 outputs/exercise1_variations/NN_<slug>.png   each image on its own
 outputs/exercise1_with_vs_without_token.png  top row with "sks", bottom row without,
                                              same seeds: what does the token add?
@@ -26,7 +27,7 @@ from common import prompts
 from common.cli import make_parser
 from common.errors import run_script
 from common.generation import generate
-from common.grids import image_grid, labelled_grid
+from common.grids import enlarged, image_grid, labelled_grid
 from common.pipeline import load_personalized_pipeline, subject_token
 from common.saving import save_figure, save_image
 
@@ -75,12 +76,13 @@ def main(argv=None):
     plain_images = generate(pipe, plain_prompts, seeds, desc="without token", **settings)
 
     # -----------------------------------------------------------------------
-    # Step 4: save the pictures.
+    # Step 4: save the pictures. Small ones (micro's 64 px) are enlarged to at
+    # least 256 px, each drawn pixel a square, so that they can be looked at.
     # -----------------------------------------------------------------------
     out = args.output_dir
     for index, (name, image) in enumerate(zip(CONTEXTS, images), start=1):
-        save_image(image, out / "exercise1_variations" / f"{index:02d}_{name}.png")
-    save_image(image_grid(images, cols=3), out / "exercise1_grid_simple.png")
+        save_image(enlarged(image), out / "exercise1_variations" / f"{index:02d}_{name}.png")
+    save_image(image_grid([enlarged(image) for image in images], cols=3), out / "exercise1_grid_simple.png")
     save_figure(labelled_grid(images, prompts, cols=3,
                               suptitle=f"Exercise 1: {subject} in nine contexts"),
                 out / "exercise1_output.png")

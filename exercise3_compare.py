@@ -27,7 +27,7 @@ from common.errors import run_script
 from common.generation import generate
 from common.grids import labelled_grid
 from common.base_model import resolve_base
-from common.pipeline import load_pipeline
+from common.pipeline import load_pipeline, print_banner
 from common.prompts import COMPARE_CONTEXTS as CONTEXTS, IDENTIFIER, SUBJECT_CLASS
 from common.saving import save_figure
 
@@ -53,10 +53,13 @@ def main(argv=None):
     args = parse_args(argv)
     device, dtype = pick_device(args.device, args.precision)
     resolve_batch_size(args, device)
-    _, where = resolve_base(args, device, role="trained_lora")
+    base, where = resolve_base(args, device, role="trained_lora")
     lora = read_lora(args.lora_dir)
     read_textual_inversion(args.ti_file)
     pipe = load_pipeline(where, device, dtype)
+    print_banner(base, args.resolution, device, str(dtype).removeprefix("torch."),
+                 f"compares TI {args.ti_file} and LoRA {args.lora_dir}",
+                 f"picture to {args.output_dir / 'exercise3_ti_vs_lora.png'}")
     seeds = [args.seed + index for index in range(len(CONTEXTS))]
     settings = dict(steps=args.steps, resolution=args.resolution, guidance=args.guidance,
                     negative_prompt=args.negative_prompt, batch_size=args.batch_size)

@@ -97,7 +97,7 @@ def main(argv=None):
     from common.device import pick_device
     from common.evaluation_loss import EvaluationLoss
     from common.latent_cache import LatentCache
-    from common.pipeline import load_pipeline
+    from common.pipeline import load_pipeline, print_banner
     from common.saving import save_json, save_safetensors
     from common.training import adamw, make_accelerator
     from common.training_images import load_training_images
@@ -114,6 +114,10 @@ def main(argv=None):
     accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision)
     pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
+    print_banner(args.base_model, args.resolution, device, f"mixed precision {mixed_precision}",
+                 f"trains the word {args.placeholder_token} (from '{args.initializer_token}'), "
+                 f"{args.max_train_steps} updates",
+                 f"embedding to {args.adapter_dir}/, pictures to {args.output_dir}/")
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
     token_id, vector = add_placeholder_token(pipe, args.placeholder_token, args.initializer_token)

@@ -170,7 +170,7 @@ def main(argv=None):
     from common.identifier_embeddings import attach, identifier_token_ids, save_identifier_embeddings
     from common.lora_saving import save_lora
     from common.lora_training import TEXT_ENCODER_LORA_TARGETS, add_lora, check_lora_targets
-    from common.pipeline import load_pipeline
+    from common.pipeline import load_pipeline, print_banner
     from common.saving import save_json
     from common.training import adamw, gradient_checkpointing_needed, make_accelerator
     from common.training_images import load_training_images
@@ -197,6 +197,11 @@ def main(argv=None):
     pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
     check_lora_targets(pipe.unet, args.lora_targets, suggestion=LORA_TARGETS)
+    trains = [f"LoRA rank {args.rank} on the UNet's {' '.join(args.lora_targets)}"]
+    trains += ["the text encoder's attention"] * args.train_text_encoder + [f"'{args.identifier}'"] * args.train_identifier
+    print_banner(args.base_model, args.resolution, device, f"mixed precision {mixed_precision}",
+                 f"trains {' + '.join(trains)}, {args.max_train_steps} updates",
+                 f"adapter to {args.adapter_dir}/, pictures to {args.output_dir}/")
 
     # -----------------------------------------------------------------------
     # Step 3: class images, drawn by the base model before it changes.

@@ -33,6 +33,7 @@ from common import prompts
 from common.cli import make_parser, positive_float, positive_int
 from common.errors import run_script
 from common.generation import generate, seeded_generator
+from common.grids import enlarged
 from common.pipeline import load_personalized_pipeline, subject_token
 from common.saving import save_gif
 from common.slerp import slerp
@@ -110,7 +111,8 @@ def main(argv=None):
     if abs(100 / delay - args.fps) > 1e-6:
         print(f"note: GIF stores delays in whole 1/100 s, so {args.fps:g} fps is written as {delay} cs per frame "
               f"= {100 / delay:.1f} fps; the loop plays in {args.frames * delay / 100:.1f} s")
-    path = save_gif(frames, args.output_dir / "dreambooth_morph.gif", delay)
+    # Small frames (micro's 64 px) are enlarged to 256 px, nearest-neighbour, so the GIF can be watched.
+    path = save_gif([enlarged(frame) for frame in frames], args.output_dir / "dreambooth_morph.gif", delay)
     print(f"wrote {path}: {args.frames} frames, {args.keyframes} keyframes, '{prompt}'")
 
 

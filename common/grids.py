@@ -11,6 +11,15 @@ import textwrap
 from PIL import Image
 
 
+def enlarged(image, min_side=256):
+    """`image` scaled up by a whole factor until its short side is at least `min_side`, nearest-neighbour,
+    so that every pixel the model drew stays one honest square (a 64 px image becomes 256 px)."""
+    factor = math.ceil(min_side / min(image.size))
+    if factor <= 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def image_grid(images, cols=None, padding=0, background=(255, 255, 255)):
     """Paste equally sized PIL images into rows of `cols` (default: a near-square grid)."""
     if not images:
@@ -26,7 +35,11 @@ def image_grid(images, cols=None, padding=0, background=(255, 255, 255)):
 
 
 def labelled_grid(images, titles, cols=None, suptitle=None, row_labels=None, panel_inches=2.6):
-    """A matplotlib figure with one titled panel per image; optional labels down the left side."""
+    """A matplotlib figure with one titled panel per image; optional labels down the left side.
+
+    Titles and row labels are wrapped to their panel's width and height, and matplotlib's
+    constrained layout makes room for each of them, so that no text overlaps another.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +50,8 @@ def labelled_grid(images, titles, cols=None, suptitle=None, row_labels=None, pan
     cols = cols or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     figure, axes = plt.subplots(rows, cols, figsize=(cols * panel_inches, rows * panel_inches + 0.4),
-                                squeeze=False)
+                                squeeze=False, layout="constrained")
+    title_width = max(12, round(panel_inches * 12))  # characters of 8 pt text across a panel
     for index, axis in enumerate(axes.flat):
         axis.set_xticks([])
         axis.set_yticks([])
@@ -45,10 +59,9 @@ def labelled_grid(images, titles, cols=None, suptitle=None, row_labels=None, pan
             axis.axis("off")
             continue
         axis.imshow(images[index])
-        axis.set_title("\n".join(textwrap.wrap(titles[index], 30)), fontsize=8)
+        axis.set_title("\n".join(textwrap.wrap(titles[index], title_width)), fontsize=8)
     for row, label in enumerate(row_labels or []):
-        axes[row][0].set_ylabel(label, fontsize=10)
+        axes[row][0].set_ylabel("\n".join(textwrap.wrap(label, round(panel_inches * 8))), fontsize=9)
     if suptitle:
         figure.suptitle(suptitle, fontsize=11)
-    figure.tight_layout()
     return figure

@@ -100,7 +100,7 @@ def load_personalized_pipeline(args):
     is written, so a mistake never leaves half an output folder behind.
     """
     from common.adapters import fuse_lora, load_lora, load_textual_inversion, read_lora, read_textual_inversion
-    from common.base_model import describe, resolve_base
+    from common.base_model import resolve_base
     from common.cli import resolve_batch_size
     from common.device import pick_device
 
@@ -119,9 +119,15 @@ def load_personalized_pipeline(args):
         fuse_lora(pipe)  # these scripts draw with it at one strength: fused, it costs no time
     if args.ti_file:
         adapters.append(load_textual_inversion(pipe, args.ti_file))
-    parts = [describe(base, args.resolution), f"device {device.type}",
-             str(dtype).removeprefix("torch.")] + [adapter.describe() for adapter in adapters]
-    if not adapters:
-        parts.append("no adapter (base model only)")
-    print(" | ".join(parts))
+    print_banner(base, args.resolution, device, str(dtype).removeprefix("torch."),
+                 *([adapter.describe() for adapter in adapters] or ["no adapter (base model only)"]),
+                 f"pictures to {args.output_dir}/")
     return pipe, adapters
+
+
+def print_banner(base, resolution, device, precision, *parts):
+    """Every script's first line: the base model, device, precision, what is loaded or trained, where
+    the results go. If it names no LoRA layers, the pictures below come from the base model alone."""
+    from common.base_model import describe
+
+    print(" | ".join([describe(base, resolution), f"device {device.type}", precision, *parts]))

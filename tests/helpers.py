@@ -122,3 +122,24 @@ def write_peft_lora(folder, unet, rank=4, alpha=32, seed=0):
               "base_model_name_or_path": None, "inference_mode": True, "task_type": None}
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def overlapping_texts(figure):
+    """Pairs of text boxes in a drawn matplotlib figure that overlap, or texts that leave the figure."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    texts = list(figure.texts) + ([figure._suptitle] if figure._suptitle is not None else [])
+    for axis in figure.axes:
+        texts += [axis.title, axis._left_title, axis._right_title, axis.xaxis.label, axis.yaxis.label]
+        legend = axis.get_legend()
+        texts += list(legend.get_texts()) if legend is not None else []
+    texts = [text for text in dict.fromkeys(texts) if text.get_visible() and text.get_text().strip()]
+    boxes = [(text.get_text(), text.get_window_extent(renderer)) for text in texts]
+    frame = figure.bbox
+    problems = [(label, "outside the figure") for label, box in boxes
+                if box.x0 < frame.x0 - 1 or box.y0 < frame.y0 - 1 or box.x1 > frame.x1 + 1 or box.y1 > frame.y1 + 1]
+    for index, (label, box) in enumerate(boxes):
+        for other_label, other in boxes[index + 1:]:
+            if box.x0 < other.x1 - 1 and other.x0 < box.x1 - 1 and box.y0 < other.y1 - 1 and other.y0 < box.y1 - 1:
+                problems.append((label, other_label))
+    return problems

@@ -23,8 +23,8 @@ def test_exercise1_writes_every_picture(tiny_pipeline_dir, tiny_lora_dir, tmp_pa
     variations = sorted((out / "exercise1_variations").glob("*.png"))
     assert [path.name[:3] for path in variations] == [f"{i:02d}_" for i in range(1, 10)]
     assert variations[1].name == "02_dress.png"
-    assert all(Image.open(path).size == (32, 32) for path in variations)
-    assert Image.open(out / "exercise1_grid_simple.png").size == (96, 96)
+    assert all(Image.open(path).size == (256, 256) for path in variations)  # 32 px drawn, enlarged 8 times
+    assert Image.open(out / "exercise1_grid_simple.png").size == (768, 768)
     for name in ["exercise1_output.png", "exercise1_with_vs_without_token.png"]:
         width, height = Image.open(out / name).size
         assert width > 200 and height > 200, name
@@ -69,7 +69,7 @@ def test_morph_gif_loops_with_every_frame(tiny_pipeline_dir, tiny_lora_dir, tmp_
     assert gif.n_frames == 10
     assert gif.info["loop"] == 0
     assert gif.info["duration"] == 30
-    assert gif.size == (32, 32)
+    assert gif.size == (256, 256)
 
 
 @pytest.mark.parametrize("script", ["exercise1", "exercise2", "morph", "compare"])

@@ -1,10 +1,8 @@
+"""common/slerp.py: spherical interpolation of noise latents."""
+
 import math
 
-import pytest
 import torch
-from PIL import Image
-
-from common.grids import image_grid, labelled_grid
 from common.slerp import slerp
 
 
@@ -47,26 +45,3 @@ def test_slerp_falls_back_to_lerp_for_parallel_vectors():
     middle = slerp(a, b, 0.5)
     assert torch.isfinite(middle).all()
     assert torch.allclose(middle, a * 1.5, atol=1e-5)
-
-
-def test_image_grid_shape_and_placement():
-    colours = [(i * 20, 0, 0) for i in range(7)]
-    images = [Image.new("RGB", (10, 6), colour) for colour in colours]
-    grid = image_grid(images, cols=3)
-    assert grid.size == (30, 18)
-    assert grid.getpixel((25, 8)) == colours[5]  # row 1, column 2
-    assert grid.getpixel((25, 14)) == (255, 255, 255)  # the empty ninth cell
-
-
-def test_image_grid_defaults_to_near_square():
-    assert image_grid([Image.new("RGB", (4, 4))] * 9).size == (12, 12)
-
-
-def test_labelled_grid_has_one_titled_panel_per_image():
-    images = [Image.new("RGB", (8, 8))] * 5
-    figure = labelled_grid(images, [f"seed {i}" for i in range(5)], cols=3, row_labels=["top", "bottom"])
-    titled = [axis for axis in figure.axes if axis.get_title()]
-    assert [axis.get_title() for axis in titled] == [f"seed {i}" for i in range(5)]
-    assert figure.axes[0].get_ylabel() == "top" and figure.axes[3].get_ylabel() == "bottom"
-    with pytest.raises(ValueError):
-        labelled_grid(images, ["too few"])
