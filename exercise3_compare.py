@@ -4,8 +4,10 @@ What this teaches
 -----------------
 Same prompts, same seeds, three models: the base model, the base model plus
 the learned word (textual inversion), and the base model plus the LoRA. TI can
-only steer a frozen UNet with one new word, so it catches colours and mood;
-the LoRA changes the UNet's attention and so reaches the subject's detail.
+only steer a frozen UNet with one new word, so it catches what that UNet can
+already draw (on micro: the subject's layout and cream ground, but not its
+teal, docs/micro_model.md); the LoRA changes the UNet's attention and so
+reaches the subject's detail and colours.
 Each row's title gives what it cost: file size and training time.
 
 What to look at

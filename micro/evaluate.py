@@ -8,6 +8,9 @@
   similarity to the training images (the DINO-score analogue), the share of
   images the judge calls the subject's family, and context accuracy; and the
   base model on both, as the reference for "without sks nothing changed".
+* `word_report`: the same for a textual-inversion word, with it and without.
+  Both add a judge-free number, the colour-histogram intersection with the
+  training images (`colour_similarity`).
 * `drift_by_guidance`: how far the adapter moves a few prompts at guidance 1
   and 7.5: classifier-free guidance multiplies a small drift.
 
@@ -15,6 +18,8 @@
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora   # and the subject report
     python -m micro.evaluate --lora-dir models/micro_trained/fabric_lora --subject-only   # after exercise3b
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora --guidance-study
+    python -m micro.evaluate --ti-file models/micro_trained/fabric_textual_inversion/learned_embeds.safetensors \
+        --subject-only                                                 # after exercise3a
 """
 
 import json
@@ -80,6 +85,46 @@ def similarities(judge, images, reference):
     return (torch.nn.functional.normalize(embedding, dim=1) @ reference.T).squeeze(1), outputs
 
 
+def colour_histogram(image, bins=8):
+    """The share of the image's pixels in each of bins x bins x bins RGB cells (8 x 8 x 8 by default)."""
+    cells = np.asarray(image.convert("RGB"), dtype=np.int64) * bins // 256
+    counts = np.bincount(((cells[..., 0] * bins + cells[..., 1]) * bins + cells[..., 2]).ravel(),
+                         minlength=bins ** 3)
+    return counts / counts.sum()
+
+
+def colour_similarity(images, reference_images):
+    """Mean histogram intersection of each image's colours with the reference images' (1: the same colours
+    in the same shares, 0: none in common). It needs no judge, so it reads the same on any photos."""
+    reference = np.mean([colour_histogram(image) for image in reference_images], axis=0)
+    return float(np.mean([np.minimum(colour_histogram(image), reference).sum() for image in images]))
+
+
+def judged_contexts(pipe, judge, reference, instance_images, subject, seeds, steps, guidance, desc):
+    """The seven contexts' prompts about `subject`, drawn and judged: similarity to the training images,
+    the subject's family, the asked context, the colours."""
+    from common.generation import generate
+
+    contexts = list(SUBJECT_CONTEXT_PROMPTS)
+    prompts = [SUBJECT_CONTEXT_PROMPTS[c].format(s=subject) for c in contexts for _ in seeds]
+    all_seeds = [seed for _ in contexts for seed in seeds]
+    images = generate(pipe, prompts, all_seeds, steps=steps, resolution=64, guidance=guidance,
+                      batch_size=len(seeds) * 2, desc=f"judge: {desc}")
+    similarity, outputs = similarities(judge, images, reference)
+    truth = torch.tensor([world.CONTEXTS.index(c) for c in contexts for _ in seeds])
+    return {
+        "similarity_to_training_images": round(similarity.mean().item(), 3),
+        "judged_as_subject_family": round((outputs["family"].argmax(1) == JUDGE_FAMILIES.index("stars"))
+                                          .float().mean().item(), 3),
+        "context_accuracy": round((outputs["context"].argmax(1) == truth).float().mean().item(), 3),
+        "colour_similarity": round(colour_similarity(images, instance_images), 3),
+        # the leak past the identifier differs by context (a swatch is not a vase), so each is shown
+        "similarity_by_context": {c: round(similarity[i * len(seeds):(i + 1) * len(seeds)].mean().item(), 3)
+                                  for i, c in enumerate(contexts)},
+        "images": len(images),
+    }
+
+
 def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=30, guidance=7.5, lora=True):
     """Judge numbers for 'sks' prompts and the same prompts without 'sks', with the LoRA and without.
 
@@ -87,11 +132,9 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
     learned) while 'lora_without_sks' stays near 'base_without_sks' (only the identifier
     carries it: no language drift)."""
     from common.adapters import switch_adapters
-    from common.generation import generate
 
     judge = judge or load_judge()
     reference = reference_embedding(judge, instance_images)
-    contexts = list(SUBJECT_CONTEXT_PROMPTS)
     runs = {}
     variants = [("lora_with_sks", "sks african fabric pattern", True),
                 ("lora_without_sks", "african fabric pattern", True),
@@ -101,25 +144,20 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
         if lora:
             # off means the base model exactly: UNet and text-encoder LoRA and the identifier's embeddings
             switch_adapters(pipe, adapter_on)
-        prompts = [SUBJECT_CONTEXT_PROMPTS[c].format(s=subject) for c in contexts for _ in seeds]
-        all_seeds = [seed for _ in contexts for seed in seeds]
-        images = generate(pipe, prompts, all_seeds, steps=steps, resolution=64, guidance=guidance,
-                          batch_size=len(seeds) * 2, desc=f"judge: {name}")
-        similarity, outputs = similarities(judge, images, reference)
-        truth = torch.tensor([world.CONTEXTS.index(c) for c in contexts for _ in seeds])
-        runs[name] = {
-            "similarity_to_training_images": round(similarity.mean().item(), 3),
-            "judged_as_subject_family": round((outputs["family"].argmax(1) == JUDGE_FAMILIES.index("stars"))
-                                              .float().mean().item(), 3),
-            "context_accuracy": round((outputs["context"].argmax(1) == truth).float().mean().item(), 3),
-            # the leak past the identifier differs by context (a swatch is not a vase), so each is shown
-            "similarity_by_context": {c: round(similarity[i * len(seeds):(i + 1) * len(seeds)].mean().item(), 3)
-                                      for i, c in enumerate(contexts)},
-            "images": len(images),
-        }
+        runs[name] = judged_contexts(pipe, judge, reference, instance_images, subject, seeds, steps, guidance, name)
     if lora:
         switch_adapters(pipe, True)
     return runs
+
+
+def word_report(pipe, instance_images, word, judge=None, seeds=(0, 1, 2, 3), steps=30, guidance=7.5):
+    """The same numbers for a textual-inversion word: prompts with it, and the base model's answer to the
+    same prompts without it (a learned word changes nothing else)."""
+    judge = judge or load_judge()
+    reference = reference_embedding(judge, instance_images)
+    return {name: judged_contexts(pipe, judge, reference, instance_images, subject, seeds, steps, guidance, name)
+            for name, subject in ((f"with_{word}", f"{word} african fabric pattern"),
+                                  ("without_it", "african fabric pattern"))}
 
 
 DRIFT_PROMPTS = {"class prompt (prior)": "a fabric pattern", "class noun": "an african fabric pattern",
@@ -169,6 +207,8 @@ def main(argv=None):
     parser.add_argument("--lora-dir", default=None, help="also report on this LoRA (subject report)")
     parser.add_argument("--guidance-study", action="store_true",
                         help="with --lora-dir: how much each guidance scale magnifies the LoRA's drift")
+    parser.add_argument("--ti-file", default=None,
+                        help="also report on this textual-inversion embedding (prompts with its word)")
     parser.add_argument("--subject-only", action="store_true",
                         help="with --lora-dir: skip the base report (112 images of held-out combinations)")
     parser.add_argument("--output", default=None, help="also write the report to this JSON file")
@@ -176,7 +216,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    report = {} if args.subject_only and args.lora_dir else {"base": base_report(pipe, steps=args.steps)[0]}
+    report = {} if args.subject_only and (args.lora_dir or args.ti_file) else {
+        "base": base_report(pipe, steps=args.steps)[0]}
+    if args.ti_file:
+        from common.adapters import load_textual_inversion
+
+        word = load_textual_inversion(pipe, args.ti_file).token
+        report["textual_inversion"] = word_report(pipe, load_training_images(REPO / "training_images", 64), word,
+                                                  steps=args.steps)
     if args.lora_dir:
         load_lora(pipe, args.lora_dir, adapter_name="default")
         instance_images = load_training_images(REPO / "training_images", 64)
