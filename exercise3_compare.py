@@ -53,7 +53,7 @@ def cost(summary_path, files):
 
 def main(argv=None):
     args = parse_args(argv)
-    device, dtype = pick_device(args.device, args.precision)
+    device, dtype = pick_device(args.device, args.precision, args.threads)
     resolve_batch_size(args, device)
     base, where = resolve_base(args, device, role="trained_lora")
     lora = read_lora(args.lora_dir)

@@ -104,7 +104,7 @@ def main(argv=None):
     from common.training_run import PhaseClock, TrainingRun
 
     # Step 1: check everything a mistake could break before any work starts.
-    device, _ = pick_device(args.device)
+    device, _ = pick_device(args.device, threads=args.threads)
     args.base_model, where = resolve_base(args, device, role="trained_ti")
     images = load_training_images(args.instance_dir, args.resolution)
     settings = fingerprint(args, RESUME_SETTINGS, num_instance_images=len(images))

@@ -179,7 +179,7 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     # Step 1: check everything a mistake could break before any work starts.
     # -----------------------------------------------------------------------
-    device, _ = pick_device(args.device)
+    device, _ = pick_device(args.device, threads=args.threads)
     args.base_model, where = resolve_base(args, device, role="trained_lora")
     resolve_training_defaults(args)  # what each "auto" flag means for this base
     instance_images = load_training_images(args.instance_dir, args.resolution)

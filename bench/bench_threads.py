@@ -2,7 +2,7 @@
 
 Draws the same micro-model images (Exercise 1's first contexts, 30 steps) in a
 fresh process per setting, with torch's thread count at its default, at the
-number of physical cores, and at 1, once on an idle machine and once while
+number of physical cores, at 1, and as --threads auto picks, once on an idle machine and once while
 busy processes (one per core) compete for the cores, as on a laptop running
 something else. Prints seconds per image for each, from this one run.
 
@@ -23,12 +23,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def draw(images, threads):
-    """In this process: set the threads (0 = torch's default), draw, print seconds per image."""
+    """In this process: set the threads (0 = torch's default, -1 = the repo's auto), draw, print s / image."""
     import torch
 
+    sys.path.insert(0, str(REPO))
+    if threads == -1:
+        from common.device import cpu_threads
+
+        threads = cpu_threads("auto")
     if threads:
         torch.set_num_threads(threads)
-    sys.path.insert(0, str(REPO))
     from common.base_model import MICRO_FOLDER
     from common.generation import generate
     from common.pipeline import load_pipeline
@@ -61,7 +65,7 @@ def main():
     import psutil
 
     physical = psutil.cpu_count(logical=False) or os.cpu_count()
-    settings = {"default": 0, f"physical cores ({physical})": physical, "1": 1}
+    settings = {"torch's default": 0, f"physical cores ({physical})": physical, "1": 1, "--threads auto": -1}
     rows = []
     for load in ("idle", f"{os.cpu_count()} busy processes"):
         workers = []

@@ -84,6 +84,8 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, cud
         add_adapter_flags(model)
     model.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                        help="where to run; auto picks cuda, then mps, then cpu")
+    model.add_argument("--threads", type=auto_or(positive_int), default="auto",
+                       help="CPU threads; auto: one per physical core, or 1 while other work keeps the CPU busy")
     if adapters:
         model.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                            help="the weights' number format; auto: fp16 on CUDA, fp32 elsewhere "

@@ -15,9 +15,29 @@ from common.errors import UserError
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def pick_device(requested="auto", precision="auto"):
+def cpu_threads(requested="auto"):
+    """How many threads torch computes with on the CPU: `requested`, or for 'auto' one per physical
+    core on an idle machine and 1 when other work already keeps a core busy.
+
+    With every core taken, torch's threads wait for each other at every operation while other
+    processes hold the cores, and small models such as micro then run many times slower than on
+    one thread (docs/performance.md, "Threads"). A tenth of a second's look at how busy the CPU is
+    now (before this script computes anything) tells which case this is.
+    """
+    import os
+
+    if requested != "auto":
+        return int(requested)
+    import psutil  # installed with Accelerate
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    busy_cores = psutil.cpu_percent(interval=0.1) / 100 * (os.cpu_count() or 1)
+    return 1 if busy_cores >= 0.5 else cores
+
+
+def pick_device(requested="auto", precision="auto", threads="auto"):
     """Return (torch.device, dtype) for 'auto', 'cuda', 'mps' or 'cpu' and a --precision
-    ('auto': fp16 on CUDA, fp32 elsewhere)."""
+    ('auto': fp16 on CUDA, fp32 elsewhere); on the CPU also set torch's thread count (--threads)."""
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if requested == "auto":
@@ -29,6 +49,8 @@ def pick_device(requested="auto", precision="auto"):
         raise UserError("--device mps was asked for but this machine has no Apple MPS; use --device cpu (or auto)")
     if precision == "auto":
         precision = "fp16" if requested == "cuda" else "fp32"
+    if requested == "cpu":
+        torch.set_num_threads(cpu_threads(threads))
     if requested == "cuda":
         # TF32 for whatever still runs in fp32 (the LoRA's own matmuls, the loss): free speed on
         # Ampere and newer, and precise enough for training, as PyTorch's docs say.

@@ -104,7 +104,7 @@ def load_personalized_pipeline(args):
     from common.cli import resolve_batch_size
     from common.device import pick_device
 
-    device, dtype = pick_device(args.device, args.precision)
+    device, dtype = pick_device(args.device, args.precision, args.threads)
     resolve_batch_size(args, device)
     base, where = resolve_base(args, device)
     # Adapter files are small: read and check them before spending a minute on the base model.
