@@ -64,7 +64,7 @@ def parse_args(argv=None):
 
 
 def add_placeholder_token(pipe, token, initializer):
-    """Add `token` to the tokenizer; return (its id, a trainable vector started at the initializer's embedding)."""
+    """Add `token` to the tokenizer; return (its id, the vector to train, started at the initializer's embedding)."""
     if pipe.tokenizer.add_tokens(token) == 0:
         raise UserError(f"--placeholder-token {token} is already a word of this tokenizer; pick a new one")
     token_id = pipe.tokenizer.convert_tokens_to_ids(token)
@@ -75,7 +75,7 @@ def add_placeholder_token(pipe, token, initializer):
     table = pipe.text_encoder.get_input_embeddings().weight
     # A word split into several pieces starts from their average.
     start = table[init_ids].detach().float().mean(0)
-    return token_id, torch.nn.Parameter(start.clone())
+    return token_id, start.clone()
 
 
 def swap_in_learned_vector(embedding_layer, token_id, vector):
@@ -103,14 +103,18 @@ def main(argv=None):
     from common.training_images import load_training_images
     from common.training_run import PhaseClock, TrainingRun
 
+    # -----------------------------------------------------------------------
     # Step 1: check everything a mistake could break before any work starts.
+    # -----------------------------------------------------------------------
     device, _ = pick_device(args.device, threads=args.threads)
     args.base_model, where = resolve_base(args, device, role="trained_ti")
     images = load_training_images(args.instance_dir, args.resolution)
     settings = fingerprint(args, RESUME_SETTINGS, num_instance_images=len(images))
     checkpoint = prepare_run(args, settings, [EMBEDDING_FILE])
 
+    # -----------------------------------------------------------------------
     # Step 2: load the frozen model; add the new word and its one trainable vector.
+    # -----------------------------------------------------------------------
     accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision)
     pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -121,7 +125,7 @@ def main(argv=None):
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
     token_id, vector = add_placeholder_token(pipe, args.placeholder_token, args.initializer_token)
-    vector = torch.nn.Parameter(vector.data.to(device))
+    vector = torch.nn.Parameter(vector.to(device))
     swap_in_learned_vector(pipe.text_encoder.get_input_embeddings(), token_id, vector)
     latents_of = LatentCache(pipe.vae, {"instance": images}, args.flip, args.cache, device, weight_dtype)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -137,8 +141,10 @@ def main(argv=None):
                                 lambda role: pipe.text_encoder(caption_ids[:1])[0], pairs_per_image=EVALUATION_PAIRS,
                                 device=device, dtype=weight_dtype)
 
+    # -----------------------------------------------------------------------
     # Step 3: the loop. The text encoder must run every update (its input,
     # the new vector, changes); the VAE's latents come from the cache.
+    # -----------------------------------------------------------------------
     generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
     run = TrainingRun(args=args, accelerator=accelerator, settings=settings, trainable={"vector": vector},
                       optimizer=optimizer, lr_scheduler=lr_scheduler, generator=generator, loss_names=["total"],
@@ -156,12 +162,17 @@ def main(argv=None):
                 prediction = pipe.unet(noisy, timesteps, embeddings).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
             accelerator.backward(loss)
+            if accelerator.num_processes > 1:
+                # The vector sits outside any model Accelerate wrapped, so its gradient is averaged here.
+                vector.grad = accelerator.reduce(vector.grad, reduction="mean")
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             run.record(total=loss)
 
+    # -----------------------------------------------------------------------
     # Step 4: save the word: {token: vector}, loadable by pipe.load_textual_inversion.
+    # -----------------------------------------------------------------------
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from common import prompts
-from common.base_model import MICRO, auto_help
+from common.base_model import MICRO, REPO, auto_help
 from common.cli import (add_training_flags, auto_or, make_parser, non_negative_float, positive_float,
                         positive_int, share)
 from common.errors import run_script
@@ -64,8 +64,12 @@ from common.prior_preservation import prior_preservation_loss
 INSTANCE_PROMPT = prompts.INSTANCE_PROMPT  # "a sks african fabric pattern"
 CLASS_PROMPT = prompts.CLASS_PROMPT        # "a fabric pattern"
 IDENTIFIER = prompts.IDENTIFIER            # "sks"
-MAX_TRAIN_STEPS, LEARNING_RATE, RANK, LORA_ALPHA = 800, 1e-4, 4, 32  # scale alpha / r = 8, as the release
-NUM_CLASS_IMAGES, PRIOR_LOSS_WEIGHT = 100, 1.0
+MAX_TRAIN_STEPS = 800     # optimizer updates
+LEARNING_RATE = 1e-4      # AdamW
+RANK = 4                  # LoRA rank r
+LORA_ALPHA = 32           # the LoRA's scale is alpha / r = 8, as the release's
+NUM_CLASS_IMAGES = 100    # drawn once by the base model for the prior
+PRIOR_LOSS_WEIGHT = 1.0   # lambda in total = instance_loss + lambda * prior_loss
 # The evaluation loss: the instance images and this many class images, each with this many
 # fixed (noise, timestep) pairs (common/evaluation_loss.py).
 EVALUATION_CLASS_IMAGES, EVALUATION_PAIRS = 10, 4
@@ -124,8 +128,9 @@ def parse_args(argv=None):
                        help="recompute the UNet's activations in the backward pass: less GPU memory, "
                             "slower updates; auto: on only for a CUDA GPU too small to train without it")
     train.add_argument("--compile", action="store_true",
-                       help="compile the UNet's training step with torch.compile: the first update waits while "
-                            "it compiles, to make later ones faster (docs/performance.md)")
+                       help="compile the trained models (the UNet, and the text encoder where it trains) with "
+                            "torch.compile: the first update waits while they compile, to make later ones faster "
+                            "(docs/performance.md)")
     args = parser.parse_args(argv)
     if args.identifier not in args.instance_prompt.split():
         parser.error(f"--identifier {args.identifier!r} is not a word of --instance-prompt {args.instance_prompt!r}")
@@ -198,7 +203,10 @@ def main(argv=None):
     pipe.set_progress_bar_config(disable=True)
     check_lora_targets(pipe.unet, args.lora_targets, suggestion=LORA_TARGETS)
     trains = [f"LoRA rank {args.rank} on the UNet's {' '.join(args.lora_targets)}"]
-    trains += ["the text encoder's attention"] * args.train_text_encoder + [f"'{args.identifier}'"] * args.train_identifier
+    if args.train_text_encoder:
+        trains.append("the text encoder's attention")
+    if args.train_identifier:
+        trains.append(f"'{args.identifier}'")
     print_banner(args.base_model, args.resolution, device, f"mixed precision {mixed_precision}",
                  f"trains {' + '.join(trains)}, {args.max_train_steps} updates",
                  f"adapter to {args.adapter_dir}/, pictures to {args.output_dir}/")
@@ -208,18 +216,21 @@ def main(argv=None):
     # -----------------------------------------------------------------------
     clock = PhaseClock()
     images_by_role, captions_by_role = {"instance": instance_images}, {"instance": args.instance_prompt}
-    folder_of = lambda prompt: class_image_folder(args.class_dir, where, prompt, args.resolution)  # noqa: E731
+
+    def folder_of(prompt):
+        return class_image_folder(args.class_dir, where, prompt, args.resolution)
+
     with accelerator.main_process_first(), clock.phase("class images"):
         if args.prior_preservation:
             images_by_role["class"], captions_by_role["class"] = class_images_for_prompts(
                 pipe, folder_of, args.class_prompt, args.num_class_images, args.resolution, steps=args.steps,
                 guidance=args.guidance)
         # The evaluation loss watches the class prompt with or without prior preservation: without
-        # it, its curve shows the class drifting. These are the prior's first images, drawn once.
-        evaluation_class_images = ensure_class_images(
-            pipe, folder_of(args.class_prompt[0]), args.class_prompt[0],
-            min(EVALUATION_CLASS_IMAGES, args.num_class_images), args.resolution, steps=args.steps,
-            guidance=args.guidance)
+        # it, its curve shows the class drifting. The first class prompt's first images (where the
+        # prior drew them already, they are read back).
+        count = min(EVALUATION_CLASS_IMAGES, args.num_class_images) if args.prior_preservation else EVALUATION_CLASS_IMAGES
+        evaluation_class_images = ensure_class_images(pipe, folder_of(args.class_prompt[0]), args.class_prompt[0], count,
+                                                      args.resolution, steps=args.steps, guidance=args.guidance)
 
     # -----------------------------------------------------------------------
     # Step 4: freeze everything, then add the LoRA matrices; only they train.
@@ -316,7 +327,7 @@ def main(argv=None):
     print(f"wrote {args.adapter_dir} ({summary['lora_layers']} LoRA layers, scale {args.lora_alpha / args.rank}), "
           f"{figure}, {summary_path}")
     print(run.describe())
-    if args.base_model == MICRO:
+    if args.base_model == MICRO and (REPO / "models" / "micro_judge").is_dir():
         print(f"measure what it learned: python -m micro.evaluate --lora-dir {args.adapter_dir} --subject-only")
 
 

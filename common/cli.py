@@ -133,12 +133,9 @@ def add_adapter_flags(model):
 
 def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_every, progress_every, weights,
                        adapter_dir_help):
-    """The flags both trainers share, grouped as --help shows them: (data, training, output) groups.
-
-    `weights` names what the run writes ("the LoRA", "the embedding"), for the help texts.
+    """The flags both trainers share, in --help's data, training and output groups; returns the data and
+    training groups for the trainer's own flags. `weights` names what the run writes, for the help texts.
     """
-    from pathlib import Path
-
     data = parser.add_argument_group("data")
     data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
     data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
@@ -146,7 +143,7 @@ def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_eve
     train.add_argument("--max-train-steps", type=positive_int, default=max_train_steps, help="optimizer updates")
     train.add_argument("--learning-rate", type=positive_float, default=learning_rate, help="AdamW learning rate")
     train.add_argument("--train-batch-size", type=positive_int, default=1,
-                       help="instance images per update (3b: and as many class images)")
+                       help="instance images per update (with prior preservation, as many class images too)")
     train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                        help="auto: fp16 on CUDA, none on CPU (bf16 also runs on a CPU, slowly)")
     train.add_argument("--no-cache", dest="cache", action="store_false",

@@ -16,23 +16,26 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 def cpu_threads(requested="auto"):
-    """How many threads torch computes with on the CPU: `requested`, or for 'auto' one per physical
-    core on an idle machine and 1 when other work already keeps a core busy.
+    """How many threads torch computes with on the CPU: `requested`, OMP_NUM_THREADS where it is set,
+    or for 'auto' one per physical core that other work leaves free (at least 1).
 
     With every core taken, torch's threads wait for each other at every operation while other
     processes hold the cores, and small models such as micro then run many times slower than on
     one thread (docs/performance.md, "Threads"). A tenth of a second's look at how busy the CPU is
     now (before this script computes anything) tells which case this is.
     """
+    import math
     import os
 
     if requested != "auto":
         return int(requested)
-    import psutil  # installed with Accelerate
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # set by hand, or by `accelerate launch`
+        return int(os.environ["OMP_NUM_THREADS"])
+    import psutil
 
     cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     busy_cores = psutil.cpu_percent(interval=0.1) / 100 * (os.cpu_count() or 1)
-    return 1 if busy_cores >= 0.5 else cores
+    return max(1, cores - math.ceil(busy_cores - 0.5))  # the cores other work leaves free
 
 
 def pick_device(requested="auto", precision="auto", threads="auto"):

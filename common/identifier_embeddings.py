@@ -92,7 +92,7 @@ def set_scale(text_encoder, scale):
 
 
 def save_identifier_embeddings(folder, tokenizer, identifier, word):
-
+    """Write identifier_embeddings.safetensors ({token piece: vector}, the word in its metadata) into `folder`."""
     pieces = tokenizer.convert_ids_to_tokens(identifier.token_ids.tolist())
     path = Path(folder) / IDENTIFIER_FILE
     save_safetensors(dict(zip(pieces, identifier.vectors)), path, metadata={"identifier": word})
@@ -103,7 +103,6 @@ def read_identifier_embeddings(path):
     """(identifier word, {token piece: vector}) from a file, checked before any model is loaded;
     a damaged file is a one-line UserError."""
     from safetensors import safe_open
-
 
     vectors = read_safetensors(path)
     with safe_open(str(path), framework="pt") as handle:

@@ -310,9 +310,9 @@ class TrainingRun:
         from common.grids import labelled_grid
         from common.saving import save_figure
 
+        self.losses.flush()  # on every process, so that a NaN stops them all at the same update
         if not self.accelerator.is_main_process:
             return
-        self.losses.flush()
         args = self.args
         with self.clock.phase("progress grids"), sampling(self.accelerator, self.trained_models):
             images = generate(self.pipe, self.progress_prompts, self.progress_seeds, steps=args.steps,

@@ -80,7 +80,7 @@ def class_prompts_of(flags):
 def run_one(name, flags, seed, args, scratch, judge=True):
     folder = scratch / f"{name.replace(' ', '_').replace(',', '').replace(chr(39), '')}-seed{seed}"
     command = [sys.executable, str(REPO / "exercise3b_train_lora.py"), "--base-model", "micro",
-               "--device", args.device, "--mixed-precision", "no", "--seed", str(seed),
+               "--device", args.device, "--threads", str(args.threads), "--mixed-precision", "no", "--seed", str(seed),
                "--output-dir", str(folder), "--adapter-dir", str(folder / "lora"), "--class-dir", str(args.class_dir),
                "--progress-every", "100000", "--checkpoint-every", "100000",
                "--max-train-steps", str(args.max_train_steps), *flags]
