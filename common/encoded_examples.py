@@ -15,7 +15,7 @@ def encode_prompt(pipe, prompt, device, text_encoder=None):
     """CLIP's last hidden states for a prompt (or a list): what the UNet's cross-attention reads."""
     ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(device)
-    return (text_encoder or pipe.text_encoder)(ids)[0]
+    return (pipe.text_encoder if text_encoder is None else text_encoder)(ids)[0]  # a compiled model has no truth value
 
 
 class EncodedExamples:
