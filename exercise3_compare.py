@@ -10,13 +10,23 @@ teal, docs/micro_model.md); the LoRA changes the UNet's attention and so
 reaches the subject's detail and colours.
 Each row's title gives what it cost: file size and training time.
 
+With --measure (micro model) it reproduces the DreamBooth paper's evaluation
+instead: base, textual inversion, LoRA with and without prior preservation,
+each asked 22 prompts (new contexts, colours, styles) over 4 seeds, scored by
+the judge for subject fidelity, prompt fidelity, PRES (how far the class prompt
+drifted toward the subject) and DIV (how varied one prompt's pictures are).
+An adapter that is missing is trained first, with the trainers' defaults.
+
 What to look at
 ---------------
-outputs/exercise3_ti_vs_lora.png   rows base / TI / LoRA
+outputs/exercise3_ti_vs_lora.png    rows base / TI / LoRA
+outputs/exercise3_measured.md       with --measure: the table, beside the paper's numbers
+outputs/exercise3_measured.png      with --measure: one group of bars per measure
 
 Run it (after exercise3a and exercise3b)
 ------
     python exercise3_compare.py
+    python exercise3_compare.py --measure
 """
 
 import json
@@ -38,6 +48,9 @@ def parse_args(argv=None):
     parser = make_parser(__doc__.split("\n")[0])
     # What the trainers wrote for this base (auto: models/micro_trained/... on micro).
     parser.set_defaults(ti_file="auto")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure base, TI and LoRA with and without prior preservation with the judge "
+                             "(micro model), training whichever adapter is missing")
     return parser.parse_args(argv)
 
 
@@ -51,11 +64,90 @@ def cost(summary_path, files):
     return text
 
 
+def adapter_or_train(trained, shipped, script, flags, output_dir):
+    """The trainer's adapter if it wrote one, else the shipped one, else train it now (its defaults)."""
+    import subprocess
+    import sys
+
+    if trained.exists():
+        return trained, output_dir
+    if shipped is not None and shipped.exists():
+        return shipped, None
+    print(f"no adapter at {trained}: training it with {script} {' '.join(flags)}")
+    subprocess.run([sys.executable, script, "--base-model", "micro", "--output-dir", str(output_dir), *flags],
+                   check=True, cwd=Path(__file__).resolve().parent)
+    return trained, output_dir
+
+
+def measure(args, device, dtype):
+    """The paper's table on the micro world: every method asked the same prompts and seeds."""
+    from common.adapters import load_lora, load_textual_inversion
+    from common.base_model import MICRO_FOLDER, REPO
+    from common.errors import UserError
+    from common.saving import save_json, save_text
+    from common.training_images import load_training_images
+    from micro import paper_table
+    from micro.judge import JUDGE_FILE, load_judge
+
+    if args.base_model != "micro" or not JUDGE_FILE.is_file():
+        raise UserError("--measure scores pictures with the micro model's judge: run it with --base-model micro")
+    trained, shipped = REPO / "models" / "micro_trained", REPO / "models" / "micro_release"
+    training = args.output_dir / "exercise3_measured_training"
+    ti_file, ti_out = adapter_or_train(
+        trained / "fabric_textual_inversion" / "learned_embeds.safetensors",
+        shipped / "fabric_textual_inversion" / "learned_embeds.safetensors", "exercise3a_train_textual_inversion.py",
+        [], training / "ti")
+    lora_dir, lora_out = adapter_or_train(trained / "fabric_lora" / "adapter_model.safetensors",
+                                          shipped / "fabric_lora" / "adapter_model.safetensors",
+                                          "exercise3b_train_lora.py", [], training / "lora")
+    no_prior_dir, no_prior_out = adapter_or_train(
+        trained / "fabric_lora_no_prior" / "adapter_model.safetensors", None, "exercise3b_train_lora.py",
+        ["--no-prior-preservation", "--adapter-dir", str(trained / "fabric_lora_no_prior")], training / "no_prior")
+    judge = load_judge()
+    instance_images = load_training_images(REPO / "training_images", 64)
+    seeds = range(4)
+    methods = {"base model": (None, None), "textual inversion": (ti_file, ti_out / "exercise3a_summary.json"
+                                                                 if ti_out else None),
+               "LoRA, prior preservation": (lora_dir.parent, lora_out / "exercise3b_summary.json" if lora_out else None),
+               "LoRA, no prior preservation": (no_prior_dir.parent, no_prior_out / "exercise3b_summary.json"
+                                               if no_prior_out else None)}
+    report = {"about": f"{len(paper_table.prompt_set('x'))} prompts x {len(seeds)} seeds, {args.steps} steps, "
+                       f"guidance {args.guidance}", "real_vs_real": paper_table.real_bound(judge, instance_images),
+              "methods": {}}
+    for name, (adapter, summary) in methods.items():
+        pipe = load_pipeline(str(MICRO_FOLDER), device, dtype)
+        pipe.set_progress_bar_config(disable=True)
+        word = "sks"
+        if name == "textual inversion":
+            word = load_textual_inversion(pipe, adapter).token
+        elif adapter is not None:
+            load_lora(pipe, adapter)
+        row = paper_table.measure(pipe, judge, instance_images, f"{word} african fabric pattern", seeds=seeds,
+                                  steps=args.steps, guidance=args.guidance, name=name)
+        if adapter is not None:  # the weights it adds: a word's vector, or the LoRA (and its identifier's vectors)
+            files = [adapter] if adapter.is_file() else [*adapter.glob("adapter_model.safetensors"),
+                                                         *adapter.glob("text_encoder/adapter_model.safetensors"),
+                                                         *adapter.glob("identifier_embeddings.safetensors")]
+            row["adapter_bytes"] = sum(path.stat().st_size for path in files)
+        if summary is not None and summary.is_file():
+            row["training_seconds"] = json.loads(summary.read_text())["seconds_by_phase"]["training"]
+        report["methods"][name] = row
+    out = args.output_dir
+    save_json(report, out / "exercise3_measured.json")
+    save_text(paper_table.markdown(report), out / "exercise3_measured.md")
+    save_figure(paper_table.chart(report), out / "exercise3_measured.png")
+    print(paper_table.markdown(report))
+    print(f"wrote {out / 'exercise3_measured.md'}, {out / 'exercise3_measured.json'}, {out / 'exercise3_measured.png'}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     device, dtype = pick_device(args.device, args.precision, args.threads)
     resolve_batch_size(args, device)
     base, where = resolve_base(args, device, role="trained_lora")
+    if args.measure:
+        args.base_model = base
+        return measure(args, device, dtype)
     lora = read_lora(args.lora_dir)
     read_textual_inversion(args.ti_file)
     pipe = load_pipeline(where, device, dtype)

@@ -56,6 +56,13 @@ def save_gif(frames, path, centiseconds_per_frame):
                                                        duration=centiseconds_per_frame * 10, loop=0))
 
 
+def save_text(text, path):
+    def write(temp):
+        with open(temp, "w") as handle:
+            handle.write(text)
+    return atomic_write(path, write)
+
+
 def save_json(data, path):
     def write(temp):
         with open(temp, "w") as handle:

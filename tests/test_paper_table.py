@@ -1,0 +1,74 @@
+"""micro/paper_table.py and exercise3_compare.py --measure: the prompt set, the judge's reading, the outputs."""
+
+import json
+
+import torch
+
+from micro import paper_table, world
+from tests.helpers import overlapping_texts, run_main
+
+
+def test_the_prompt_set_covers_contexts_colours_and_styles_with_valid_labels():
+    items = paper_table.prompt_set("sks african fabric pattern")
+    kinds = [kind for kind, _, _ in items]
+    assert kinds.count("context") == len(world.CONTEXTS) and kinds.count("colour") == 6
+    assert kinds.count("style") == len(world.STYLES) - 1  # every style but "plain"
+    assert all("sks african fabric pattern" in prompt for _, prompt, _ in items)
+    names = {"context": world.CONTEXTS, "colour": world.COLOURS, "style": world.STYLES}
+    assert all(0 <= label < len(names[kind]) for kind, _, label in items)
+
+
+def test_prompt_hits_read_the_asked_label_and_a_colour_in_the_top_two():
+    items = [("context", "a", 2), ("style", "b", 5), ("colour", "c", 3)]
+    seeds = 2
+    outputs = {"context": torch.zeros(6, len(world.CONTEXTS)), "style": torch.zeros(6, len(world.STYLES)),
+               "colours": torch.zeros(6, len(world.COLOURS))}
+    outputs["context"][0, 2] = outputs["context"][1, 0] = 1  # the first seed right, the second wrong
+    outputs["style"][2, 5] = outputs["style"][3, 5] = 1  # both right
+    outputs["colours"][4, 3], outputs["colours"][4, 1] = 0.5, 0.9  # asked colour second: counts
+    outputs["colours"][5, 0], outputs["colours"][5, 1] = 0.9, 0.8  # not in the top two
+    hits = paper_table.prompt_hits(outputs, items, seeds)
+    assert hits == {"context": (2, 0.5), "style": (2, 1.0), "colour": (2, 0.5)}
+
+
+def fake_report():
+    row = {"subject_fidelity": 0.6, "prompt_fidelity": 0.7, "pres": 0.4, "div": 0.05,
+           "colour_similarity_with_word": 0.4, "colour_similarity_without_word": 0.1}
+    return {"about": "test", "real_vs_real": 0.99,
+            "methods": {"base model": row, "textual inversion": {**row, "adapter_bytes": 300},
+                        "LoRA, prior preservation": {**row, "training_seconds": 40.0, "adapter_bytes": 230000},
+                        "LoRA, no prior preservation": row}}
+
+
+def test_the_table_and_chart_show_every_method_beside_the_paper():
+    text = paper_table.markdown(fake_report())
+    assert text.count("\n| ") >= 10 and "| LoRA, prior preservation | 0.6 | 0.7 | 0.4 | 0.05 | 0.4 / 0.1 | 40 s | 224.6 KB |" in text
+    assert "0.668" in text and "0.664" in text  # the paper's rows, quoted
+    figure = paper_table.chart(fake_report())
+    assert len(figure.axes[0].patches) == 4 * 4 and overlapping_texts(figure) == []
+
+
+def test_measure_writes_the_table_json_and_chart(tmp_path, monkeypatch):
+    import exercise3_compare
+    from common.base_model import REPO
+
+    shipped = REPO / "models" / "micro_release"
+    monkeypatch.setattr(exercise3_compare, "adapter_or_train", lambda trained, ship, *rest: (
+        ship or shipped / "fabric_lora" / "adapter_model.safetensors", None))
+    asked = []
+    monkeypatch.setattr(paper_table, "measure", lambda pipe, judge, images, subject, **kw: asked.append(subject) or
+                        dict(fake_report()["methods"]["base model"]))
+    assert run_main(exercise3_compare, ["--base-model", "micro", "--measure", "--output-dir", tmp_path]) == 0
+    report = json.loads((tmp_path / "exercise3_measured.json").read_text())
+    assert list(report["methods"]) == ["base model", "textual inversion", "LoRA, prior preservation",
+                                       "LoRA, no prior preservation"]
+    assert asked[0] == asked[2] == "sks african fabric pattern" and asked[1] == "<african-fabric> african fabric pattern"
+    assert report["methods"]["textual inversion"]["adapter_bytes"] > 0 and 0.9 < report["real_vs_real"] <= 1.0
+    assert (tmp_path / "exercise3_measured.md").is_file() and (tmp_path / "exercise3_measured.png").is_file()
+
+
+def test_measure_needs_the_micro_model(tiny_pipeline_dir, tmp_path, capsys):
+    import exercise3_compare
+
+    assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--measure", "--output-dir", tmp_path]) == 1
+    assert "--base-model micro" in capsys.readouterr().err
