@@ -51,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument("--measure", action="store_true",
                         help="measure base, TI and LoRA with and without prior preservation with the judge "
                              "(micro model), training whichever adapter is missing")
+    parser.add_argument("--training-seeds", type=int, nargs="+", default=[0],
+                        help="with --measure: each method trained and measured once per seed, reported as "
+                             "mean ± spread; seed 0 uses the trainers' (or the shipped) adapters")
     return parser.parse_args(argv)
 
 
@@ -79,6 +82,34 @@ def adapter_or_train(trained, shipped, script, flags, output_dir):
     return trained, output_dir
 
 
+def method_adapters(args, training_seed):
+    """{method: (adapter, its training summary or None)} for one training seed, training what is missing."""
+    from common.base_model import REPO
+
+    trained, shipped = REPO / "models" / "micro_trained", REPO / "models" / "micro_release"
+    training = args.output_dir / "exercise3_measured_training" / f"seed{training_seed}"
+    folder = trained if training_seed == 0 else trained / "measured" / f"seed{training_seed}"
+    seed = ["--seed", str(training_seed)]
+    ti, ti_out = adapter_or_train(
+        folder / "fabric_textual_inversion" / "learned_embeds.safetensors",
+        shipped / "fabric_textual_inversion" / "learned_embeds.safetensors" if training_seed == 0 else None,
+        "exercise3a_train_textual_inversion.py", [*seed, "--adapter-dir", str(folder / "fabric_textual_inversion")],
+        training / "ti")
+    lora, lora_out = adapter_or_train(
+        folder / "fabric_lora" / "adapter_model.safetensors",
+        shipped / "fabric_lora" / "adapter_model.safetensors" if training_seed == 0 else None,
+        "exercise3b_train_lora.py", [*seed, "--adapter-dir", str(folder / "fabric_lora")], training / "lora")
+    no_prior, no_prior_out = adapter_or_train(
+        folder / "fabric_lora_no_prior" / "adapter_model.safetensors", None, "exercise3b_train_lora.py",
+        [*seed, "--no-prior-preservation", "--adapter-dir", str(folder / "fabric_lora_no_prior")],
+        training / "no_prior")
+    return {"base model": (None, None),
+            "textual inversion": (ti, ti_out / "exercise3a_summary.json" if ti_out else None),
+            "LoRA, prior preservation": (lora.parent, lora_out / "exercise3b_summary.json" if lora_out else None),
+            "LoRA, no prior preservation": (no_prior.parent,
+                                            no_prior_out / "exercise3b_summary.json" if no_prior_out else None)}
+
+
 def measure(args, device, dtype):
     """The paper's table on the micro world: every method asked the same prompts and seeds."""
     from common.adapters import load_lora, load_textual_inversion
@@ -91,47 +122,35 @@ def measure(args, device, dtype):
 
     if args.base_model != "micro" or not JUDGE_FILE.is_file():
         raise UserError("--measure scores pictures with the micro model's judge: run it with --base-model micro")
-    trained, shipped = REPO / "models" / "micro_trained", REPO / "models" / "micro_release"
-    training = args.output_dir / "exercise3_measured_training"
-    ti_file, ti_out = adapter_or_train(
-        trained / "fabric_textual_inversion" / "learned_embeds.safetensors",
-        shipped / "fabric_textual_inversion" / "learned_embeds.safetensors", "exercise3a_train_textual_inversion.py",
-        [], training / "ti")
-    lora_dir, lora_out = adapter_or_train(trained / "fabric_lora" / "adapter_model.safetensors",
-                                          shipped / "fabric_lora" / "adapter_model.safetensors",
-                                          "exercise3b_train_lora.py", [], training / "lora")
-    no_prior_dir, no_prior_out = adapter_or_train(
-        trained / "fabric_lora_no_prior" / "adapter_model.safetensors", None, "exercise3b_train_lora.py",
-        ["--no-prior-preservation", "--adapter-dir", str(trained / "fabric_lora_no_prior")], training / "no_prior")
     judge = load_judge()
     instance_images = load_training_images(REPO / "training_images", 64)
     seeds = range(4)
-    methods = {"base model": (None, None), "textual inversion": (ti_file, ti_out / "exercise3a_summary.json"
-                                                                 if ti_out else None),
-               "LoRA, prior preservation": (lora_dir.parent, lora_out / "exercise3b_summary.json" if lora_out else None),
-               "LoRA, no prior preservation": (no_prior_dir.parent, no_prior_out / "exercise3b_summary.json"
-                                               if no_prior_out else None)}
+    rows = {}
+    for training_seed in args.training_seeds:
+        for name, (adapter, summary) in method_adapters(args, training_seed).items():
+            if name == "base model" and name in rows:
+                continue  # nothing trained: the same for every training seed
+            pipe = load_pipeline(str(MICRO_FOLDER), device, dtype)
+            pipe.set_progress_bar_config(disable=True)
+            word = "sks"
+            if name == "textual inversion":
+                word = load_textual_inversion(pipe, adapter).token
+            elif adapter is not None:
+                load_lora(pipe, adapter)
+            row = paper_table.measure(pipe, judge, instance_images, f"{word} african fabric pattern", seeds=seeds,
+                                      steps=args.steps, guidance=args.guidance, name=f"{name}, seed {training_seed}")
+            if adapter is not None:  # the weights it adds: a word's vector, or the LoRA (and its identifier's)
+                files = [adapter] if adapter.is_file() else [*adapter.glob("adapter_model.safetensors"),
+                                                             *adapter.glob("text_encoder/adapter_model.safetensors"),
+                                                             *adapter.glob("identifier_embeddings.safetensors")]
+                row["adapter_bytes"] = sum(path.stat().st_size for path in files)
+            if summary is not None and summary.is_file():
+                row["training_seconds"] = json.loads(summary.read_text())["seconds_by_phase"]["training"]
+            rows.setdefault(name, []).append(row)
     report = {"about": f"{len(paper_table.prompt_set('x'))} prompts x {len(seeds)} seeds, {args.steps} steps, "
-                       f"guidance {args.guidance}", "real_vs_real": paper_table.real_bound(judge, instance_images),
-              "methods": {}}
-    for name, (adapter, summary) in methods.items():
-        pipe = load_pipeline(str(MICRO_FOLDER), device, dtype)
-        pipe.set_progress_bar_config(disable=True)
-        word = "sks"
-        if name == "textual inversion":
-            word = load_textual_inversion(pipe, adapter).token
-        elif adapter is not None:
-            load_lora(pipe, adapter)
-        row = paper_table.measure(pipe, judge, instance_images, f"{word} african fabric pattern", seeds=seeds,
-                                  steps=args.steps, guidance=args.guidance, name=name)
-        if adapter is not None:  # the weights it adds: a word's vector, or the LoRA (and its identifier's vectors)
-            files = [adapter] if adapter.is_file() else [*adapter.glob("adapter_model.safetensors"),
-                                                         *adapter.glob("text_encoder/adapter_model.safetensors"),
-                                                         *adapter.glob("identifier_embeddings.safetensors")]
-            row["adapter_bytes"] = sum(path.stat().st_size for path in files)
-        if summary is not None and summary.is_file():
-            row["training_seconds"] = json.loads(summary.read_text())["seconds_by_phase"]["training"]
-        report["methods"][name] = row
+                       f"guidance {args.guidance}, training seeds {' '.join(map(str, args.training_seeds))}",
+              "real_vs_real": paper_table.real_bound(judge, instance_images),
+              "methods": {name: paper_table.combine(runs) for name, runs in rows.items()}}
     out = args.output_dir
     save_json(report, out / "exercise3_measured.json")
     save_text(paper_table.markdown(report), out / "exercise3_measured.md")

@@ -94,6 +94,24 @@ def measure(pipe, judge, instance_images, subject, *, seeds, steps, guidance, na
     }
 
 
+def combine(runs):
+    """One row from the runs of several training seeds: each number's mean, and its spread (standard
+    deviation over the seeds) as `<name>_spread` where there is more than one run."""
+    import statistics
+
+    row = {}
+    for key, value in runs[0].items():
+        if isinstance(value, dict):
+            row[key] = {kind: round(statistics.mean(run[key][kind] for run in runs), 3) for kind in value}
+        elif isinstance(value, (int, float)):
+            values = [run[key] for run in runs if key in run]
+            row[key] = round(statistics.mean(values), 3)
+            if len(values) > 1:
+                row[f"{key}_spread"] = round(statistics.pstdev(values), 3)
+    row["training_seeds"] = len(runs)
+    return row
+
+
 def real_bound(judge, instance_images):
     """Real vs real: the instance images against each other, the ceiling of subject fidelity."""
     real, _ = judged(judge, instance_images)
@@ -111,11 +129,14 @@ def markdown(report):
              "training | adapter |", "|---|---|---|---|---|---|---|---|",
              f"| real images (the instance images against each other) | {report['real_vs_real']} | | | | | | |"]
     for name, row in report["methods"].items():
+        def cell(key):
+            return f"{row[key]} ± {row[key + '_spread']}" if key + "_spread" in row else f"{row[key]}"
+
         seconds = f"{row['training_seconds']:.0f} s" if row.get("training_seconds") else "-"
         size = f"{row['adapter_bytes'] / 1024:.1f} KB" if row.get("adapter_bytes") else "-"
-        lines.append(f"| {name} | {row['subject_fidelity']} | {row['prompt_fidelity']} | {row['pres']} | {row['div']} "
-                     f"| {row['colour_similarity_with_word']} / {row['colour_similarity_without_word']} "
-                     f"| {seconds} | {size} |")
+        lines.append(f"| {name} | {cell('subject_fidelity')} | {cell('prompt_fidelity')} | {cell('pres')} "
+                     f"| {cell('div')} | {cell('colour_similarity_with_word')} / "
+                     f"{cell('colour_similarity_without_word')} | {seconds} | {size} |")
     lines += ["", "The paper's numbers (Ruiz et al. 2022, DreamBooth, Tables 1 and 3; DINO and CLIP embeddings "
               "where this table uses the judge's):", "",
               "| paper row | DINO | CLIP-I | CLIP-T | PRES | DIV |", "|---|---|---|---|---|---|"]

@@ -72,3 +72,16 @@ def test_measure_needs_the_micro_model(tiny_pipeline_dir, tmp_path, capsys):
 
     assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--measure", "--output-dir", tmp_path]) == 1
     assert "--base-model micro" in capsys.readouterr().err
+
+
+def test_combine_gives_each_numbers_mean_and_its_spread_over_training_seeds():
+    runs = [{"pres": 0.2, "prompt_fidelity_by_kind": {"style": 0.5}, "adapter_bytes": 300},
+            {"pres": 0.4, "prompt_fidelity_by_kind": {"style": 1.0}, "adapter_bytes": 300}]
+    row = paper_table.combine(runs)
+    assert row["pres"] == 0.3 and row["pres_spread"] == 0.1 and row["prompt_fidelity_by_kind"] == {"style": 0.75}
+    assert row["training_seeds"] == 2 and row["adapter_bytes_spread"] == 0
+    single = paper_table.combine(runs[:1])
+    assert single["pres"] == 0.2 and "pres_spread" not in single
+    assert "0.3 ± 0.1" in paper_table.markdown({"about": "", "real_vs_real": 1.0, "methods": {"x": {
+        **row, "subject_fidelity": 0.5, "prompt_fidelity": 0.5, "div": 0.1, "colour_similarity_with_word": 0.2,
+        "colour_similarity_without_word": 0.1}}})
