@@ -100,7 +100,8 @@ def combine(runs):
     import statistics
 
     row = {}
-    for key, value in runs[0].items():
+    keys = {key: run[key] for run in reversed(runs) for key in run}  # every key any run has (the first's value)
+    for key, value in keys.items():
         if isinstance(value, dict):
             row[key] = {kind: round(statistics.mean(run[key][kind] for run in runs), 3) for kind in value}
         elif isinstance(value, (int, float)):

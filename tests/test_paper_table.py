@@ -80,6 +80,9 @@ def test_combine_gives_each_numbers_mean_and_its_spread_over_training_seeds():
     row = paper_table.combine(runs)
     assert row["pres"] == 0.3 and row["pres_spread"] == 0.1 and row["prompt_fidelity_by_kind"] == {"style": 0.75}
     assert row["training_seeds"] == 2 and row["adapter_bytes_spread"] == 0
+    # a number only some runs have (training time, where a seed's adapter was trained here) is still reported
+    timed = paper_table.combine([{"pres": 0.2}, {"pres": 0.2, "training_seconds": 30.0}])
+    assert timed["training_seconds"] == 30.0 and "training_seconds_spread" not in timed
     single = paper_table.combine(runs[:1])
     assert single["pres"] == 0.2 and "pres_spread" not in single
     assert "0.3 ± 0.1" in paper_table.markdown({"about": "", "real_vs_real": 1.0, "methods": {"x": {
