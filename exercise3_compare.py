@@ -51,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument("--measure", action="store_true",
                         help="measure base, TI and LoRA with and without prior preservation with the judge "
                              "(micro model), training whichever adapter is missing")
+    parser.add_argument("--instance-dir", type=Path, default=Path("training_images"),
+                        help="with --measure: the real images every picture is compared with (your own photos "
+                             "work too; the judge knows only micro's fabric world, the colour score anything)")
     parser.add_argument("--training-seeds", type=int, nargs="+", default=[0],
                         help="with --measure: each method trained and measured once per seed, reported as "
                              "mean ± spread; seed 0 uses the trainers' (or the shipped) adapters")
@@ -113,7 +116,7 @@ def method_adapters(args, training_seed):
 def measure(args, device, dtype):
     """The paper's table on the micro world: every method asked the same prompts and seeds."""
     from common.adapters import load_lora, load_textual_inversion
-    from common.base_model import MICRO_FOLDER, REPO
+    from common.base_model import MICRO_FOLDER
     from common.errors import UserError
     from common.saving import save_json, save_text
     from common.training_images import load_training_images
@@ -123,7 +126,7 @@ def measure(args, device, dtype):
     if args.base_model != "micro" or not JUDGE_FILE.is_file():
         raise UserError("--measure scores pictures with the micro model's judge: run it with --base-model micro")
     judge = load_judge()
-    instance_images = load_training_images(REPO / "training_images", 64)
+    instance_images = load_training_images(args.instance_dir, 64)
     seeds = range(4)
     rows = {}
     for training_seed in args.training_seeds:

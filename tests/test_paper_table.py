@@ -48,7 +48,7 @@ def test_the_table_and_chart_show_every_method_beside_the_paper():
     assert len(figure.axes[0].patches) == 4 * 4 and overlapping_texts(figure) == []
 
 
-def test_measure_writes_the_table_json_and_chart(tmp_path, monkeypatch):
+def test_measure_writes_the_table_json_and_chart(tmp_path, monkeypatch, instance_dir):
     import exercise3_compare
     from common.base_model import REPO
 
@@ -58,12 +58,16 @@ def test_measure_writes_the_table_json_and_chart(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(paper_table, "measure", lambda pipe, judge, images, subject, **kw: asked.append(subject) or
                         dict(fake_report()["methods"]["base model"]))
-    assert run_main(exercise3_compare, ["--base-model", "micro", "--measure", "--output-dir", tmp_path]) == 0
+    compared = []
+    monkeypatch.setattr(paper_table, "real_bound", lambda judge, images: compared.append(len(images)) or 0.99)
+    assert run_main(exercise3_compare, ["--base-model", "micro", "--measure", "--output-dir", tmp_path,
+                                        "--instance-dir", instance_dir]) == 0
+    assert compared == [4]  # the four pictures of --instance-dir, not the repo's ten
     report = json.loads((tmp_path / "exercise3_measured.json").read_text())
     assert list(report["methods"]) == ["base model", "textual inversion", "LoRA, prior preservation",
                                        "LoRA, no prior preservation"]
     assert asked[0] == asked[2] == "sks african fabric pattern" and asked[1] == "<african-fabric> african fabric pattern"
-    assert report["methods"]["textual inversion"]["adapter_bytes"] > 0 and 0.9 < report["real_vs_real"] <= 1.0
+    assert report["methods"]["textual inversion"]["adapter_bytes"] > 0 and report["real_vs_real"] == 0.99
     assert (tmp_path / "exercise3_measured.md").is_file() and (tmp_path / "exercise3_measured.png").is_file()
 
 
