@@ -79,9 +79,14 @@ def adapter_or_train(trained, shipped, script, flags, output_dir):
         return trained, output_dir
     if shipped is not None and shipped.exists():
         return shipped, None
+    from common.errors import UserError
+
     print(f"no adapter at {trained}: training it with {script} {' '.join(flags)}")
-    subprocess.run([sys.executable, script, "--base-model", "micro", "--output-dir", str(output_dir), *flags],
-                   check=True, cwd=Path(__file__).resolve().parent)
+    result = subprocess.run([sys.executable, script, "--base-model", "micro", "--output-dir", str(output_dir), *flags],
+                            cwd=Path(__file__).resolve().parent)
+    if result.returncode != 0:  # the trainer has printed its own error above
+        raise UserError(f"training the missing adapter with {script} failed (exit code {result.returncode}); "
+                        f"run it yourself with the flags above to see why, then measure again")
     return trained, output_dir
 
 

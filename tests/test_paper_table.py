@@ -92,3 +92,19 @@ def test_combine_gives_each_numbers_mean_and_its_spread_over_training_seeds():
     assert "0.3 ± 0.1" in paper_table.markdown({"about": "", "real_vs_real": 1.0, "methods": {"x": {
         **row, "subject_fidelity": 0.5, "prompt_fidelity": 0.5, "div": 0.1, "colour_similarity_with_word": 0.2,
         "colour_similarity_without_word": 0.1}}})
+
+
+def test_a_failed_training_is_one_line(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    import exercise3_compare
+    from common.errors import UserError
+
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 1))
+    try:
+        exercise3_compare.adapter_or_train(tmp_path / "missing.safetensors", None, "exercise3b_train_lora.py", [],
+                                           tmp_path / "out")
+    except UserError as error:
+        assert "exercise3b_train_lora.py failed (exit code 1)" in str(error)
+    else:
+        raise AssertionError("a failed training must stop with a UserError")
