@@ -10,11 +10,14 @@ teal, docs/micro_model.md); the LoRA changes the UNet's attention and so
 reaches the subject's detail and colours.
 Each row's title gives what it cost: file size and training time.
 
-With --measure (micro model) it reproduces the DreamBooth paper's evaluation
-instead: base, textual inversion, LoRA with and without prior preservation,
-each asked 22 prompts (new contexts, colours, styles) over 4 seeds, scored by
-the judge for subject fidelity, prompt fidelity, PRES (how far the class prompt
-drifted toward the subject) and DIV (how varied one prompt's pictures are).
+With --measure it reproduces the DreamBooth paper's evaluation instead: base,
+textual inversion, LoRA with and without prior preservation, each asked the
+paper's three kinds of prompt (new contexts, colours, styles) over 4 seeds and
+scored for subject fidelity (how close the pictures come to the instance
+images), prompt fidelity (whether they show what was asked), PRES (how far the
+class prompt drifted toward the subject) and DIV (how varied one prompt's
+pictures are). On micro the judge scores them; on Stable Diffusion, CLIP
+(CLIP-I, CLIP-T) and DINO, as in the paper, from the local cache.
 An adapter that is missing is trained first, with the trainers' defaults.
 
 What to look at
@@ -27,6 +30,7 @@ Run it (after exercise3a and exercise3b)
 ------
     python exercise3_compare.py
     python exercise3_compare.py --measure
+    (on a CUDA GPU the base is SD 1.5, and --measure needs CLIP in the Hugging Face cache)
 """
 
 import json
@@ -34,6 +38,7 @@ from pathlib import Path
 
 from common.adapters import fuse_lora, load_lora, load_textual_inversion, read_lora, read_textual_inversion
 from common.cli import make_parser, resolve_batch_size
+from common.clip_dino import CLIP_MODEL, DINO_MODEL
 from common.device import pick_device
 from common.errors import run_script
 from common.generation import generate
@@ -49,8 +54,20 @@ def parse_args(argv=None):
     # What the trainers wrote for this base (auto: models/micro_trained/... on micro).
     parser.set_defaults(ti_file="auto")
     parser.add_argument("--measure", action="store_true",
-                        help="measure base, TI and LoRA with and without prior preservation with the judge "
-                             "(micro model), training whichever adapter is missing")
+                        help="measure base, TI and LoRA with and without prior preservation as the DreamBooth "
+                             "paper does (the judge on micro, CLIP and DINO otherwise), training whichever "
+                             "adapter is missing")
+    parser.add_argument("--adapters-root", default="auto",
+                        help="with --measure: the folder whose fabric_textual_inversion/, fabric_lora/ and "
+                             "fabric_lora_no_prior/ are measured and where a missing one is trained (auto: the "
+                             "trainers' folder, and on micro the shipped adapters where it has none)")
+    parser.add_argument("--clip-model", default="auto",
+                        help="with --measure: CLIP for CLIP-I and CLIP-T, a folder or a hub id already in the "
+                             f"local cache (auto: {CLIP_MODEL}, or none on micro, whose judge scores); 'none' "
+                             "leaves it out")
+    parser.add_argument("--dino-model", default=DINO_MODEL,
+                        help="with --measure and CLIP: DINO for the paper's subject fidelity, left out with a "
+                             "note when it is not on this machine; 'none' leaves it out")
     parser.add_argument("--instance-dir", type=Path, default=Path("training_images"),
                         help="with --measure: the real images every picture is compared with (your own photos "
                              "work too; the judge knows only micro's fabric world, the colour score anything)")
@@ -82,7 +99,7 @@ def adapter_or_train(trained, shipped, script, flags, output_dir):
     from common.errors import UserError
 
     print(f"no adapter at {trained}: training it with {script} {' '.join(flags)}")
-    result = subprocess.run([sys.executable, script, "--base-model", "micro", "--output-dir", str(output_dir), *flags],
+    result = subprocess.run([sys.executable, script, "--output-dir", str(output_dir), *flags],
                             cwd=Path(__file__).resolve().parent)
     if result.returncode != 0:  # the trainer has printed its own error above
         raise UserError(f"training the missing adapter with {script} failed (exit code {result.returncode}); "
@@ -92,24 +109,28 @@ def adapter_or_train(trained, shipped, script, flags, output_dir):
 
 def method_adapters(args, training_seed):
     """{method: (adapter, its training summary or None)} for one training seed, training what is missing."""
-    from common.base_model import REPO
+    from common.base_model import MICRO, REPO, adapter_defaults
 
-    trained, shipped = REPO / "models" / "micro_trained", REPO / "models" / "micro_release"
+    default_root = Path(adapter_defaults(args.base_model)["trained_lora"]).resolve().parent
+    root = default_root if args.adapters_root == "auto" else Path(args.adapters_root).resolve()
+    # micro ships its TI and LoRA trained with seed 0: a fresh clone measures them instead of training.
+    shipped = REPO / "models" / "micro_release" if (
+        args.base_model == MICRO and args.adapters_root == "auto" and training_seed == 0) else None
     training = args.output_dir / "exercise3_measured_training" / f"seed{training_seed}"
-    folder = trained if training_seed == 0 else trained / "measured" / f"seed{training_seed}"
-    seed = ["--seed", str(training_seed)]
+    folder = root if training_seed == 0 else root / "measured" / f"seed{training_seed}"
+    flags = ["--base-model", args.base_model, "--seed", str(training_seed)]
     ti, ti_out = adapter_or_train(
         folder / "fabric_textual_inversion" / "learned_embeds.safetensors",
-        shipped / "fabric_textual_inversion" / "learned_embeds.safetensors" if training_seed == 0 else None,
-        "exercise3a_train_textual_inversion.py", [*seed, "--adapter-dir", str(folder / "fabric_textual_inversion")],
+        shipped and shipped / "fabric_textual_inversion" / "learned_embeds.safetensors",
+        "exercise3a_train_textual_inversion.py", [*flags, "--adapter-dir", str(folder / "fabric_textual_inversion")],
         training / "ti")
     lora, lora_out = adapter_or_train(
         folder / "fabric_lora" / "adapter_model.safetensors",
-        shipped / "fabric_lora" / "adapter_model.safetensors" if training_seed == 0 else None,
-        "exercise3b_train_lora.py", [*seed, "--adapter-dir", str(folder / "fabric_lora")], training / "lora")
+        shipped and shipped / "fabric_lora" / "adapter_model.safetensors",
+        "exercise3b_train_lora.py", [*flags, "--adapter-dir", str(folder / "fabric_lora")], training / "lora")
     no_prior, no_prior_out = adapter_or_train(
         folder / "fabric_lora_no_prior" / "adapter_model.safetensors", None, "exercise3b_train_lora.py",
-        [*seed, "--no-prior-preservation", "--adapter-dir", str(folder / "fabric_lora_no_prior")],
+        [*flags, "--no-prior-preservation", "--adapter-dir", str(folder / "fabric_lora_no_prior")],
         training / "no_prior")
     return {"base model": (None, None),
             "textual inversion": (ti, ti_out / "exercise3a_summary.json" if ti_out else None),
@@ -118,35 +139,59 @@ def method_adapters(args, training_seed):
                                             no_prior_out / "exercise3b_summary.json" if no_prior_out else None)}
 
 
-def measure(args, device, dtype):
-    """The paper's table on the micro world: every method asked the same prompts and seeds."""
-    from common.adapters import load_lora, load_textual_inversion
-    from common.base_model import MICRO_FOLDER
+def load_scorers(args, device):
+    """(judge, clip, dino): micro's judge on micro, CLIP (and DINO when it is on this machine) elsewhere or
+    when --clip-model names one; a scorer left out is None."""
+    from common.base_model import MICRO
+    from common.clip_dino import CLIP_MODEL, load_clip, load_dino
     from common.errors import UserError
+
+    judge = None
+    if args.base_model == MICRO:
+        from micro.judge import JUDGE_FILE, load_judge
+
+        if not JUDGE_FILE.is_file():
+            raise UserError(f"the micro model's judge is missing from {JUDGE_FILE}; restore it with git checkout")
+        judge = load_judge()
+    clip_model = args.clip_model if args.clip_model != "auto" else ("none" if judge else CLIP_MODEL)
+    clip = load_clip(clip_model, device) if clip_model != "none" else None
+    dino = load_dino(args.dino_model, device) if clip is not None and args.dino_model != "none" else None
+    return judge, clip, dino
+
+
+def measure(args, device, dtype, where):
+    """The paper's table: every method asked the same prompts and seeds, scored by micro's judge on micro
+    and by CLIP (and DINO) on Stable Diffusion."""
+    from common.adapters import load_lora, load_textual_inversion
+    from common import paper_evaluation, paper_report
     from common.saving import save_json, save_text
     from common.training_images import load_training_images
     from micro import paper_table
-    from micro.judge import JUDGE_FILE, load_judge
 
-    if args.base_model != "micro" or not JUDGE_FILE.is_file():
-        raise UserError("--measure scores pictures with the micro model's judge: run it with --base-model micro")
-    judge = load_judge()
-    instance_images = load_training_images(args.instance_dir, 64)
+    judge, clip, dino = load_scorers(args, device)
+    instance_images = load_training_images(args.instance_dir, 64 if judge else args.resolution)
     seeds = range(4)
     rows = {}
     for training_seed in args.training_seeds:
         for name, (adapter, summary) in method_adapters(args, training_seed).items():
             if name == "base model" and name in rows:
                 continue  # nothing trained: the same for every training seed
-            pipe = load_pipeline(str(MICRO_FOLDER), device, dtype)
+            pipe = load_pipeline(where, device, dtype)
             pipe.set_progress_bar_config(disable=True)
-            word = "sks"
+            word = IDENTIFIER
             if name == "textual inversion":
                 word = load_textual_inversion(pipe, adapter).token
             elif adapter is not None:
                 load_lora(pipe, adapter)
-            row = paper_table.measure(pipe, judge, instance_images, f"{word} african fabric pattern", seeds=seeds,
-                                      steps=args.steps, guidance=args.guidance, name=f"{name}, seed {training_seed}")
+            subject, label = f"{word} {SUBJECT_CLASS}", f"{name}, seed {training_seed}"
+            if judge is not None:
+                row = paper_table.measure(pipe, judge, instance_images, subject, seeds=seeds, steps=args.steps,
+                                          guidance=args.guidance, name=label, clip=clip, dino=dino)
+            else:
+                row = paper_evaluation.measure(pipe, clip, dino, instance_images, subject, seeds=seeds,
+                                               steps=args.steps, resolution=args.resolution, guidance=args.guidance,
+                                               batch_size=args.batch_size, negative_prompt=args.negative_prompt,
+                                               name=label)
             if adapter is not None:  # the weights it adds: a word's vector, or the LoRA (and its identifier's)
                 files = [adapter] if adapter.is_file() else [*adapter.glob("adapter_model.safetensors"),
                                                              *adapter.glob("text_encoder/adapter_model.safetensors"),
@@ -155,15 +200,30 @@ def measure(args, device, dtype):
             if summary is not None and summary.is_file():
                 row["training_seconds"] = json.loads(summary.read_text())["seconds_by_phase"]["training"]
             rows.setdefault(name, []).append(row)
-    report = {"about": f"{len(paper_table.prompt_set('x'))} prompts x {len(seeds)} seeds, {args.steps} steps, "
-                       f"guidance {args.guidance}, training seeds {' '.join(map(str, args.training_seeds))}",
-              "real_vs_real": paper_table.real_bound(judge, instance_images),
-              "methods": {name: paper_table.combine(runs) for name, runs in rows.items()}}
+
+    bounds, scorers = {}, []
+    if judge is not None:
+        bounds.update(paper_table.real_bound(judge, instance_images))
+        scorers.append("the micro model's judge")
+        prompts = len(paper_table.prompt_set("x"))
+    else:
+        prompts = len(paper_evaluation.prompt_set())
+    if clip is not None:
+        bounds.update(paper_evaluation.real_bounds(clip, dino, instance_images))
+        scorers += [f"CLIP ({clip.name})"] + ([f"DINO ({dino.name})"] if dino else [])
+    model = "the micro model" if judge else args.base_model
+    report = {"about": f"Measured on {model} with {' and '.join(scorers)}: {prompts} prompts x {len(seeds)} seeds, "
+                       f"{args.steps} steps, guidance {args.guidance}, training seeds "
+                       f"{' '.join(map(str, args.training_seeds))}",
+              "real_vs_real": bounds,
+              "methods": {name: paper_report.combine(runs) for name, runs in rows.items()}}
     out = args.output_dir
     save_json(report, out / "exercise3_measured.json")
-    save_text(paper_table.markdown(report), out / "exercise3_measured.md")
-    save_figure(paper_table.chart(report), out / "exercise3_measured.png")
-    print(paper_table.markdown(report))
+    save_text(paper_report.markdown(report), out / "exercise3_measured.md")
+    save_figure(paper_report.chart(report, f"The DreamBooth paper's measures on {model} "
+                                           "(higher PRES: the class drifted toward the subject)"),
+                out / "exercise3_measured.png")
+    print(paper_report.markdown(report))
     print(f"wrote {out / 'exercise3_measured.md'}, {out / 'exercise3_measured.json'}, {out / 'exercise3_measured.png'}")
 
 
@@ -174,7 +234,7 @@ def main(argv=None):
     base, where = resolve_base(args, device, role="trained_lora")
     if args.measure:
         args.base_model = base
-        return measure(args, device, dtype)
+        return measure(args, device, dtype, where)
     lora = read_lora(args.lora_dir)
     read_textual_inversion(args.ti_file)
     pipe = load_pipeline(where, device, dtype)

@@ -27,6 +27,7 @@ import json
 import numpy as np
 import torch
 
+from common.paper_metrics import colour_similarity
 from micro import world
 from micro.judge import COLOUR_STYLES, JUDGE_FAMILIES, load_judge, to_batch
 
@@ -83,21 +84,6 @@ def similarities(judge, images, reference):
     """Each image's cosine similarity to the reference embedding, and the judge's other outputs."""
     embedding, outputs = judged(judge, images)
     return (torch.nn.functional.normalize(embedding, dim=1) @ reference.T).squeeze(1), outputs
-
-
-def colour_histogram(image, bins=8):
-    """The share of the image's pixels in each of bins x bins x bins RGB cells (8 x 8 x 8 by default)."""
-    cells = np.asarray(image.convert("RGB"), dtype=np.int64) * bins // 256
-    counts = np.bincount(((cells[..., 0] * bins + cells[..., 1]) * bins + cells[..., 2]).ravel(),
-                         minlength=bins ** 3)
-    return counts / counts.sum()
-
-
-def colour_similarity(images, reference_images):
-    """Mean histogram intersection of each image's colours with the reference images' (1: the same colours
-    in the same shares, 0: none in common). It needs no judge, so it reads the same on any photos."""
-    reference = np.mean([colour_histogram(image) for image in reference_images], axis=0)
-    return float(np.mean([np.minimum(colour_histogram(image), reference).sum() for image in images]))
 
 
 def judged_contexts(pipe, judge, reference, instance_images, subject, seeds, steps, guidance, desc):

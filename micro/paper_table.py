@@ -15,23 +15,13 @@ world's seven contexts), property change (colours the world knows) and style
 
 import torch
 
-from common.paper_metrics import accuracy, diversity, mean_pairwise_cosine, real_vs_real
+from common.paper_evaluation import PROPERTY_COLOURS, embedding_scores
+from common.paper_metrics import accuracy, colour_similarity, diversity, mean_pairwise_cosine, real_vs_real
+from common.prompts import CLASS_PROMPT, SUBJECT_CLASS
 from micro import world
-from micro.evaluate import SUBJECT_CONTEXT_PROMPTS, colour_similarity, judged
+from micro.evaluate import SUBJECT_CONTEXT_PROMPTS, judged
 from micro.world import STYLE_PHRASES
 
-PROPERTY_COLOURS = ["red", "blue", "green", "purple", "pink", "yellow"]
-CLASS_PROMPT = "a fabric pattern"  # the prior's prompt: PRES draws it alone
-# The paper's numbers (Ruiz et al. 2022, Tables 1 and 3; on Stable Diffusion for Table 1).
-PAPER_ROWS = {
-    "real images": {"subject_fidelity_dino": 0.774, "subject_fidelity_clip_i": 0.885},
-    "DreamBooth (Stable Diffusion)": {"subject_fidelity_dino": 0.668, "subject_fidelity_clip_i": 0.803,
-                                      "prompt_fidelity_clip_t": 0.305},
-    "Textual Inversion (Stable Diffusion)": {"subject_fidelity_dino": 0.569, "subject_fidelity_clip_i": 0.780,
-                                             "prompt_fidelity_clip_t": 0.255},
-    "DreamBooth with prior preservation (Imagen)": {"pres": 0.493, "div": 0.391},
-    "DreamBooth without prior preservation (Imagen)": {"pres": 0.664, "div": 0.371},
-}
 
 
 def prompt_set(subject):
@@ -62,9 +52,9 @@ def prompt_hits(outputs, items, seeds):
     return hits
 
 
-def measure(pipe, judge, instance_images, subject, *, seeds, steps, guidance, name):
+def measure(pipe, judge, instance_images, subject, *, seeds, steps, guidance, name, clip=None, dino=None):
     """The paper's numbers for the model in `pipe`, asked about `subject` ("sks african fabric pattern", the
-    textual-inversion word's phrase, ...)."""
+    textual-inversion word's phrase, ...); with `clip` (and `dino`) also CLIP-I, CLIP-T (and DINO)."""
     from common.generation import generate
 
     items = prompt_set(subject)
@@ -73,14 +63,14 @@ def measure(pipe, judge, instance_images, subject, *, seeds, steps, guidance, na
                       batch_size=2 * len(seeds), desc=f"measure: {name}")
     class_images = generate(pipe, [CLASS_PROMPT] * len(seeds), list(seeds), steps=steps, resolution=64,
                             guidance=guidance, batch_size=len(seeds), desc=f"measure: {name}, class prompt")
-    plain = [template.format(s="african fabric pattern") for template in SUBJECT_CONTEXT_PROMPTS.values()]
+    plain = [template.format(s=SUBJECT_CLASS) for template in SUBJECT_CONTEXT_PROMPTS.values()]
     without_word = generate(pipe, [p for p in plain for _ in seeds], list(seeds) * len(plain), steps=steps,
                             resolution=64, guidance=guidance, batch_size=2 * len(seeds), desc=f"measure: {name}, plain")
     real, _ = judged(judge, instance_images)
     embeddings, outputs = judged(judge, images)
     class_embeddings, _ = judged(judge, class_images)
     hits = prompt_hits(outputs, items, len(seeds))
-    return {
+    row = {
         "subject_fidelity": round(mean_pairwise_cosine(embeddings, real), 3),
         "prompt_fidelity": round(sum(count * share for count, share in hits.values())
                                  / sum(count for count, _ in hits.values()), 3),
@@ -92,80 +82,14 @@ def measure(pipe, judge, instance_images, subject, *, seeds, steps, guidance, na
         "colour_similarity_without_word": round(colour_similarity(without_word, instance_images), 3),
         "images": len(images) + len(class_images) + len(without_word),
     }
-
-
-def combine(runs):
-    """One row from the runs of several training seeds: each number's mean, and its spread (standard
-    deviation over the seeds) as `<name>_spread` where there is more than one run."""
-    import statistics
-
-    row = {}
-    keys = {key: run[key] for run in reversed(runs) for key in run}  # every key any run has (the first's value)
-    for key, value in keys.items():
-        if isinstance(value, dict):
-            row[key] = {kind: round(statistics.mean(run[key][kind] for run in runs), 3) for kind in value}
-        elif isinstance(value, (int, float)):
-            values = [run[key] for run in runs if key in run]
-            row[key] = round(statistics.mean(values), 3)
-            if len(values) > 1:
-                row[f"{key}_spread"] = round(statistics.pstdev(values), 3)
-    row["training_seeds"] = len(runs)
+    if clip is not None:  # PRES and DIV stay the judge's, whose embedding knows this world
+        class_prompts = [prompt for _, prompt, _ in prompt_set(SUBJECT_CLASS) for _ in seeds]
+        scores = embedding_scores(clip, dino, images, class_prompts, len(seeds), class_images, instance_images)
+        row.update({key: scores[key] for key in ("clip_i", "clip_t", "dino") if key in scores})
     return row
 
 
 def real_bound(judge, instance_images):
     """Real vs real: the instance images against each other, the ceiling of subject fidelity."""
     real, _ = judged(judge, instance_images)
-    return round(real_vs_real(real), 3)
-
-
-METRICS = [("subject_fidelity", "subject fidelity"), ("prompt_fidelity", "prompt fidelity"), ("pres", "PRES"),
-           ("div", "DIV")]
-
-
-def markdown(report):
-    """The measured table beside the paper's, as markdown."""
-    lines = [f"Measured on the micro model with its judge: {report['about']}", "",
-             "| method | subject fidelity | prompt fidelity | PRES | DIV | colour with word / without | "
-             "training | adapter |", "|---|---|---|---|---|---|---|---|",
-             f"| real images (the instance images against each other) | {report['real_vs_real']} | | | | | | |"]
-    for name, row in report["methods"].items():
-        def cell(key):
-            return f"{row[key]} ± {row[key + '_spread']}" if key + "_spread" in row else f"{row[key]}"
-
-        seconds = f"{row['training_seconds']:.0f} s" if row.get("training_seconds") else "-"
-        size = f"{row['adapter_bytes'] / 1024:.1f} KB" if row.get("adapter_bytes") else "-"
-        lines.append(f"| {name} | {cell('subject_fidelity')} | {cell('prompt_fidelity')} | {cell('pres')} "
-                     f"| {cell('div')} | {cell('colour_similarity_with_word')} / "
-                     f"{cell('colour_similarity_without_word')} | {seconds} | {size} |")
-    lines += ["", "The paper's numbers (Ruiz et al. 2022, DreamBooth, Tables 1 and 3; DINO and CLIP embeddings "
-              "where this table uses the judge's):", "",
-              "| paper row | DINO | CLIP-I | CLIP-T | PRES | DIV |", "|---|---|---|---|---|---|"]
-    for name, row in PAPER_ROWS.items():
-        cells = [row.get(key, "") for key in ("subject_fidelity_dino", "subject_fidelity_clip_i",
-                                              "prompt_fidelity_clip_t", "pres", "div")]
-        lines.append(f"| {name} | " + " | ".join(str(cell) for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def chart(report):
-    """Grouped bars, one group per measure, one colour per method; the real-vs-real bound as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(report["methods"])
-    figure, axis = plt.subplots(figsize=(9, 4.2), layout="constrained")
-    width = 0.8 / len(methods)
-    for offset, method in enumerate(methods):
-        values = [report["methods"][method][key] for key, _ in METRICS]
-        axis.bar([group + (offset - (len(methods) - 1) / 2) * width for group in range(len(METRICS))], values,
-                 width, label=method, color=f"C{offset}")
-    axis.hlines(report["real_vs_real"], -0.45, 0.45, colors="black", linestyles="dashed",
-                label=f"real vs real ({report['real_vs_real']})")
-    axis.set_xticks(range(len(METRICS)), [label for _, label in METRICS])
-    axis.set_ylim(0, 1.08)
-    axis.set_title("The DreamBooth paper's measures on the micro world (higher PRES: the class drifted)")
-    axis.legend(fontsize=8, loc="upper right")
-    return figure
+    return {"subject_fidelity": round(real_vs_real(real), 3)}

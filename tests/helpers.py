@@ -143,3 +143,33 @@ def overlapping_texts(figure):
             if box.x0 < other.x1 - 1 and other.x0 < box.x1 - 1 and box.y0 < other.y1 - 1 and other.y0 < box.y1 - 1:
                 problems.append((label, other_label))
     return problems
+
+
+def write_tiny_clip(folder, image_size=32):
+    """A tiny random CLIP (text and vision towers, processor) saved as a transformers folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    folder = Path(folder)
+    tokenizer = write_tiny_tokenizer(folder / "_tokenizer_source")
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(text_config=dict(**tower, vocab_size=len(tokenizer), max_position_embeddings=77,
+                                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+                        vision_config=dict(**tower, image_size=image_size, patch_size=8), projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                   crop_size={"height": image_size, "width": image_size})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_dino(folder, image_size=32):
+    """A tiny random ViT without a pooler, saved as DINO's checkpoints are."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=image_size, patch_size=8)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return Path(folder)

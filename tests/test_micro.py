@@ -201,17 +201,3 @@ def test_lora_sweep_reads_class_prompts_and_tabulates_over_seeds():
     table = tabulate(results)
     assert table["x"] == {"sim": "0.600 ± 0.100", "seeds": 2}
     assert table["z"] == {"sim": "0.250", "seeds": 1} and "y" not in table  # failed runs are left out
-
-
-def test_colour_similarity_is_one_for_the_same_colours_and_zero_for_none_in_common():
-    from PIL import Image
-
-    from micro.evaluate import colour_histogram, colour_similarity
-
-    red, blue = Image.new("RGB", (8, 8), (250, 10, 10)), Image.new("RGB", (8, 8), (10, 10, 250))
-    half = Image.new("RGB", (8, 8), (250, 10, 10))
-    half.paste((10, 10, 250), (0, 0, 8, 4))
-    assert colour_histogram(red).sum() == pytest.approx(1.0) and colour_histogram(red).max() == 1.0
-    assert colour_similarity([red], [red]) == 1.0 and colour_similarity([blue], [red]) == 0.0
-    assert colour_similarity([half], [red]) == pytest.approx(0.5)
-    assert colour_similarity([red, blue], [red, blue]) == pytest.approx(0.5)  # each half of the reference's colours

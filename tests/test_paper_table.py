@@ -1,11 +1,13 @@
-"""micro/paper_table.py and exercise3_compare.py --measure: the prompt set, the judge's reading, the outputs."""
+"""micro/paper_table.py, common/paper_report.py and exercise3_compare.py --measure: the prompt set, the judge's
+reading, the table and chart, the outputs on micro and on a Stable Diffusion folder."""
 
 import json
 
 import torch
 
+from common import paper_report
 from micro import paper_table, world
-from tests.helpers import overlapping_texts, run_main
+from tests.helpers import TINY, overlapping_texts, run_main, write_tiny_clip, write_tiny_dino
 
 
 def test_the_prompt_set_covers_contexts_colours_and_styles_with_valid_labels():
@@ -34,17 +36,17 @@ def test_prompt_hits_read_the_asked_label_and_a_colour_in_the_top_two():
 def fake_report():
     row = {"subject_fidelity": 0.6, "prompt_fidelity": 0.7, "pres": 0.4, "div": 0.05,
            "colour_similarity_with_word": 0.4, "colour_similarity_without_word": 0.1}
-    return {"about": "test", "real_vs_real": 0.99,
+    return {"about": "test", "real_vs_real": {"subject_fidelity": 0.99},
             "methods": {"base model": row, "textual inversion": {**row, "adapter_bytes": 300},
                         "LoRA, prior preservation": {**row, "training_seconds": 40.0, "adapter_bytes": 230000},
                         "LoRA, no prior preservation": row}}
 
 
 def test_the_table_and_chart_show_every_method_beside_the_paper():
-    text = paper_table.markdown(fake_report())
+    text = paper_report.markdown(fake_report())
     assert text.count("\n| ") >= 10 and "| LoRA, prior preservation | 0.6 | 0.7 | 0.4 | 0.05 | 0.4 / 0.1 | 40 s | 224.6 KB |" in text
     assert "0.668" in text and "0.664" in text  # the paper's rows, quoted
-    figure = paper_table.chart(fake_report())
+    figure = paper_report.chart(fake_report(), "test")
     assert len(figure.axes[0].patches) == 4 * 4 and overlapping_texts(figure) == []
 
 
@@ -59,7 +61,8 @@ def test_measure_writes_the_table_json_and_chart(tmp_path, monkeypatch, instance
     monkeypatch.setattr(paper_table, "measure", lambda pipe, judge, images, subject, **kw: asked.append(subject) or
                         dict(fake_report()["methods"]["base model"]))
     compared = []
-    monkeypatch.setattr(paper_table, "real_bound", lambda judge, images: compared.append(len(images)) or 0.99)
+    monkeypatch.setattr(paper_table, "real_bound",
+                        lambda judge, images: compared.append(len(images)) or {"subject_fidelity": 0.99})
     assert run_main(exercise3_compare, ["--base-model", "micro", "--measure", "--output-dir", tmp_path,
                                         "--instance-dir", instance_dir]) == 0
     assert compared == [4]  # the four pictures of --instance-dir, not the repo's ten
@@ -67,29 +70,65 @@ def test_measure_writes_the_table_json_and_chart(tmp_path, monkeypatch, instance
     assert list(report["methods"]) == ["base model", "textual inversion", "LoRA, prior preservation",
                                        "LoRA, no prior preservation"]
     assert asked[0] == asked[2] == "sks african fabric pattern" and asked[1] == "<african-fabric> african fabric pattern"
-    assert report["methods"]["textual inversion"]["adapter_bytes"] > 0 and report["real_vs_real"] == 0.99
+    assert report["methods"]["textual inversion"]["adapter_bytes"] > 0 and report["real_vs_real"] == {"subject_fidelity": 0.99}
     assert (tmp_path / "exercise3_measured.md").is_file() and (tmp_path / "exercise3_measured.png").is_file()
 
 
-def test_measure_needs_the_micro_model(tiny_pipeline_dir, tmp_path, capsys):
+def test_measure_on_stable_diffusion_without_clip_is_one_line(tiny_pipeline_dir, tmp_path, capsys):
     import exercise3_compare
 
-    assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--measure", "--output-dir", tmp_path]) == 1
-    assert "--base-model micro" in capsys.readouterr().err
+    assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--measure", "--output-dir", tmp_path,
+                                        "--clip-model", tmp_path / "no_clip"]) == 1
+    assert "hf download" in capsys.readouterr().err and not (tmp_path / "exercise3_measured.md").exists()
+
+
+def test_measure_on_a_stable_diffusion_folder_scores_with_clip_and_dino(tiny_pipeline_dir, tiny_lora_dir, tmp_path,
+                                                                       instance_dir):
+    """The SD 1.5 path end to end on the tiny pipeline: the adapters under --adapters-root, tiny CLIP and DINO."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    import exercise3_compare
+
+    root = tmp_path / "adapters"
+    (root / "fabric_textual_inversion").mkdir(parents=True)
+    save_file({"<my-fabric>": torch.randn(32)}, str(root / "fabric_textual_inversion" / "learned_embeds.safetensors"))
+    shutil.copytree(tiny_lora_dir, root / "fabric_lora")
+    shutil.copytree(tiny_lora_dir, root / "fabric_lora_no_prior")
+    out = tmp_path / "out"
+    assert run_main(exercise3_compare, [
+        "--base-model", tiny_pipeline_dir, "--measure", "--adapters-root", root, "--instance-dir", instance_dir,
+        "--clip-model", write_tiny_clip(tmp_path / "clip"), "--dino-model", write_tiny_dino(tmp_path / "dino"),
+        "--output-dir", out, *TINY]) == 0
+    report = json.loads((out / "exercise3_measured.json").read_text())
+    assert set(report["real_vs_real"]) == {"clip_i", "dino"}
+    assert list(report["methods"]) == ["base model", "textual inversion", "LoRA, prior preservation",
+                                       "LoRA, no prior preservation"]
+    for row in report["methods"].values():
+        assert {"clip_i", "clip_t", "dino", "pres", "div", "colour_similarity_with_word"} <= set(row)
+        assert "subject_fidelity" not in row  # the judge knows only micro's world
+        assert row["images"] == (23 + 1 + 9) * 4
+    base, lora = report["methods"]["base model"], report["methods"]["LoRA, prior preservation"]
+    assert base["clip_i"] != lora["clip_i"]  # the LoRA was loaded: other pictures
+    assert report["methods"]["textual inversion"]["adapter_bytes"] > 0 and "CLIP (" in report["about"]
+    table = (out / "exercise3_measured.md").read_text()
+    assert "| method | DINO | CLIP-I | CLIP-T | PRES | DIV |" in table and "judge" not in table.split("\n")[2]
+    assert (out / "exercise3_measured.png").is_file()
 
 
 def test_combine_gives_each_numbers_mean_and_its_spread_over_training_seeds():
     runs = [{"pres": 0.2, "prompt_fidelity_by_kind": {"style": 0.5}, "adapter_bytes": 300},
             {"pres": 0.4, "prompt_fidelity_by_kind": {"style": 1.0}, "adapter_bytes": 300}]
-    row = paper_table.combine(runs)
+    row = paper_report.combine(runs)
     assert row["pres"] == 0.3 and row["pres_spread"] == 0.1 and row["prompt_fidelity_by_kind"] == {"style": 0.75}
     assert row["training_seeds"] == 2 and row["adapter_bytes_spread"] == 0
     # a number only some runs have (training time, where a seed's adapter was trained here) is still reported
-    timed = paper_table.combine([{"pres": 0.2}, {"pres": 0.2, "training_seconds": 30.0}])
+    timed = paper_report.combine([{"pres": 0.2}, {"pres": 0.2, "training_seconds": 30.0}])
     assert timed["training_seconds"] == 30.0 and "training_seconds_spread" not in timed
-    single = paper_table.combine(runs[:1])
+    single = paper_report.combine(runs[:1])
     assert single["pres"] == 0.2 and "pres_spread" not in single
-    assert "0.3 ± 0.1" in paper_table.markdown({"about": "", "real_vs_real": 1.0, "methods": {"x": {
+    assert "0.3 ± 0.1" in paper_report.markdown({"about": "", "real_vs_real": {}, "methods": {"x": {
         **row, "subject_fidelity": 0.5, "prompt_fidelity": 0.5, "div": 0.1, "colour_similarity_with_word": 0.2,
         "colour_similarity_without_word": 0.1}}})
 
