@@ -59,8 +59,9 @@ def parse_args(argv=None):
                              "adapter is missing")
     parser.add_argument("--adapters-root", default="auto",
                         help="with --measure: the folder whose fabric_textual_inversion/, fabric_lora/ and "
-                             "fabric_lora_no_prior/ are measured and where a missing one is trained (auto: the "
-                             "trainers' folder, and on micro the shipped adapters where it has none)")
+                             "fabric_lora_no_prior/ are measured and where a missing one is trained, with its "
+                             "class images (auto: the trainers' folders, and on micro the shipped adapters where "
+                             "they have none)")
     parser.add_argument("--clip-model", default="auto",
                         help="with --measure: CLIP for CLIP-I and CLIP-T, a folder or a hub id already in the "
                              f"local cache (auto: {CLIP_MODEL}, or none on micro, whose judge scores); 'none' "
@@ -119,6 +120,8 @@ def method_adapters(args, training_seed):
     training = args.output_dir / "exercise3_measured_training" / f"seed{training_seed}"
     folder = root if training_seed == 0 else root / "measured" / f"seed{training_seed}"
     flags = ["--base-model", args.base_model, "--seed", str(training_seed)]
+    # With a root of its own, everything the run trains stays under it, the LoRAs' class images too.
+    lora_flags = flags + (["--class-dir", str(root / "class_images")] if args.adapters_root != "auto" else [])
     ti, ti_out = adapter_or_train(
         folder / "fabric_textual_inversion" / "learned_embeds.safetensors",
         shipped and shipped / "fabric_textual_inversion" / "learned_embeds.safetensors",
@@ -127,10 +130,10 @@ def method_adapters(args, training_seed):
     lora, lora_out = adapter_or_train(
         folder / "fabric_lora" / "adapter_model.safetensors",
         shipped and shipped / "fabric_lora" / "adapter_model.safetensors",
-        "exercise3b_train_lora.py", [*flags, "--adapter-dir", str(folder / "fabric_lora")], training / "lora")
+        "exercise3b_train_lora.py", [*lora_flags, "--adapter-dir", str(folder / "fabric_lora")], training / "lora")
     no_prior, no_prior_out = adapter_or_train(
         folder / "fabric_lora_no_prior" / "adapter_model.safetensors", None, "exercise3b_train_lora.py",
-        [*flags, "--no-prior-preservation", "--adapter-dir", str(folder / "fabric_lora_no_prior")],
+        [*lora_flags, "--no-prior-preservation", "--adapter-dir", str(folder / "fabric_lora_no_prior")],
         training / "no_prior")
     return {"base model": (None, None),
             "textual inversion": (ti, ti_out / "exercise3a_summary.json" if ti_out else None),
