@@ -17,6 +17,8 @@ say 128 layers at scale 8.0.
                                                   # reported as the first update's time)
     python bench/gpu_check.py --reference PATH/train_dreambooth_lora.py
         # also diffusers' reference trainer on the same model and settings, side by side
+    python bench/gpu_check.py --measure           # also exercise3_compare --measure, scored by CLIP
+                                                  # ViT-B/32 and DINO ViT-S/16 layouts (random weights)
 
 Where the table goes: printed, and written as gpu_check.md / gpu_check.json in
 --out. docs/performance.md keeps the latest table with its date and GPU.
@@ -74,6 +76,29 @@ def build_sd15_layout(folder, dtype):
     sizes = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "vae",
                                                                                         "text_encoder")}
     return sizes
+
+
+def build_scorers(folder, tiny):
+    """CLIP and DINO folders for --measure, random weights: the tests' tiny ones, or the layouts of
+    openai/clip-vit-base-patch32 (CLIPConfig's defaults) and facebook/dino-vits16 at 224 px."""
+    import torch
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast,
+                              ViTConfig, ViTImageProcessor, ViTModel)
+
+    if tiny:
+        from tests.helpers import write_tiny_clip, write_tiny_dino
+
+        return write_tiny_clip(folder / "clip"), write_tiny_dino(folder / "dino")
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizerFast.from_pretrained(REPO / "models" / "micro" / "tokenizer")
+    CLIPModel(CLIPConfig(text_config={"eos_token_id": tokenizer.eos_token_id,
+                                      "bos_token_id": tokenizer.bos_token_id})).save_pretrained(folder / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(folder / "clip")
+    dino = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                     image_size=224, patch_size=16)
+    ViTModel(dino, add_pooling_layer=False).save_pretrained(folder / "dino")
+    ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(folder / "dino")
+    return folder / "clip", folder / "dino"
 
 
 def build_tiny(folder, scratch):
@@ -238,6 +263,10 @@ def main():
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check",
                         help="where gpu_check.md and gpu_check.json go")
     parser.add_argument("--compile", action="store_true", help="also run exercise3b with --compile")
+    parser.add_argument("--measure", action="store_true",
+                        help="also exercise3_compare --measure on the trained adapters, at --measure-steps")
+    parser.add_argument("--measure-steps", type=int, default=10,
+                        help="denoising steps of the --measure row (it draws 4 x 132 pictures)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (model, adapters, pictures)")
     args = parser.parse_args()
 
@@ -328,6 +357,21 @@ def main():
                      device)
     check(row, (out / "train" / "exercise3_ti_vs_lora.png").is_file(), "no figure")
     rows.append(row)
+
+    if args.measure:
+        # The adapters trained above, laid out as --adapters-root expects (the checkpointed LoRA
+        # stands in for the one without prior preservation: only time and memory are measured).
+        root = scratch / "measured_adapters"
+        for source, name in (("ti", "fabric_textual_inversion"), ("lora", "fabric_lora"),
+                             ("lora_gc", "fabric_lora_no_prior")):
+            shutil.copytree(scratch / source, root / name, ignore=shutil.ignore_patterns("checkpoint-*"))
+        clip, dino = build_scorers(scratch / "scorers", args.tiny)
+        row = run_script(f"exercise3_compare --measure ({args.measure_steps} steps)", exercise3_compare,
+                         [*generation, "--steps", args.measure_steps, "--measure", "--adapters-root", root,
+                          "--clip-model", clip, "--dino-model", dino, "--output-dir", out / "measure"], device)
+        check(row, (out / "measure" / "exercise3_measured.md").is_file(), "no table")
+        check(row, "DINO" in row["printed"] and "CLIP-T" in row["printed"], "a scorer is missing from the table")
+        rows.append(row)
 
     if args.reference:
         class_folders = [p for p in (scratch / "classes").iterdir() if p.is_dir()]

@@ -75,32 +75,37 @@ def _features(output):
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def _in_batches(items, batch_size, embed):
+    # Batched to bound memory at any count of pictures; rows come back on the CPU in fp32.
+    return torch.cat([embed(items[start:start + batch_size]).float().cpu()
+                      for start in range(0, len(items), batch_size)])
+
+
 @torch.no_grad()
 def clip_image_embeddings(clip, images, batch_size=32):
     """One CLIP image embedding per PIL image (rows of a [n, d] tensor, not normalized)."""
-    rows = []
-    for start in range(0, len(images), batch_size):
-        inputs = clip.processor(images=images[start:start + batch_size], return_tensors="pt").to(clip.device)
-        rows.append(_features(clip.model.get_image_features(**inputs)).float().cpu())
-    return torch.cat(rows)
+    def embed(batch):
+        inputs = clip.processor(images=batch, return_tensors="pt").to(clip.device)
+        return _features(clip.model.get_image_features(**inputs))
+
+    return _in_batches(images, batch_size, embed)
 
 
 @torch.no_grad()
 def clip_text_embeddings(clip, prompts, batch_size=64):
     """One CLIP text embedding per prompt (truncated to CLIP's 77 tokens)."""
-    rows = []
-    for start in range(0, len(prompts), batch_size):
-        inputs = clip.processor(text=prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                                truncation=True).to(clip.device)
-        rows.append(_features(clip.model.get_text_features(**inputs)).float().cpu())
-    return torch.cat(rows)
+    def embed(batch):
+        inputs = clip.processor(text=batch, return_tensors="pt", padding=True, truncation=True).to(clip.device)
+        return _features(clip.model.get_text_features(**inputs))
+
+    return _in_batches(prompts, batch_size, embed)
 
 
 @torch.no_grad()
 def dino_embeddings(dino, images, batch_size=32):
     """DINO's embedding of each image: the class token of its last layer, as the paper uses it."""
-    rows = []
-    for start in range(0, len(images), batch_size):
-        inputs = dino.processor(images=images[start:start + batch_size], return_tensors="pt").to(dino.device)
-        rows.append(dino.model(**inputs).last_hidden_state[:, 0].float().cpu())
-    return torch.cat(rows)
+    def embed(batch):
+        inputs = dino.processor(images=batch, return_tensors="pt").to(dino.device)
+        return dino.model(**inputs).last_hidden_state[:, 0]
+
+    return _in_batches(images, batch_size, embed)
