@@ -50,6 +50,19 @@ def test_the_table_and_chart_show_every_method_beside_the_paper():
     assert len(figure.axes[0].patches) == 4 * 4 and overlapping_texts(figure) == []
 
 
+def test_the_table_and_chart_take_the_columns_the_rows_have():
+    report = fake_report()
+    for name, row in report["methods"].items():  # the judge's columns and CLIP's and DINO's, as on micro with CLIP
+        report["methods"][name] = {**row, "clip_i": 0.8, "clip_t": 0.3, **({"dino": 0.5} if name != "base model" else {})}
+    report["real_vs_real"].update({"clip_i": 0.9, "dino": 0.7})
+    header = paper_report.markdown(report).split("\n")[2]
+    assert header.startswith("| method | subject fidelity (judge) | DINO | CLIP-I | prompt fidelity (judge) | CLIP-T |")
+    assert "| base model | 0.6 | - | 0.8 |" in paper_report.markdown(report)  # a measure a row lacks is "-"
+    figure = paper_report.chart(report, "The DreamBooth paper's measures on stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert len(figure.axes[0].patches) == 4 * 7 - 1 and overlapping_texts(figure) == []
+    assert len(figure.axes[0].collections) == 3  # real vs real on the judge's similarity, DINO and CLIP-I
+
+
 def test_measure_writes_the_table_json_and_chart(tmp_path, monkeypatch, instance_dir):
     import exercise3_compare
     from common.base_model import REPO
