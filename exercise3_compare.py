@@ -5,9 +5,9 @@ What this teaches
 Same prompts, same seeds, three models: the base model, the base model plus
 the learned word (textual inversion), and the base model plus the LoRA. TI can
 only steer a frozen UNet with one new word, so it catches what that UNet can
-already draw (on micro: the subject's layout and cream ground, but not its
-teal, docs/micro_model.md); the LoRA changes the UNet's attention and so
-reaches the subject's detail and colours.
+already draw (on micro: the subject's orange and cream, but neither its teal,
+a colour the base never drew, nor the stars' points, docs/micro_model.md);
+the LoRA changes the UNet itself and so reaches further (on micro, the teal).
 Each row's title gives what it cost: file size and training time.
 
 With --measure it reproduces the DreamBooth paper's evaluation instead: base,

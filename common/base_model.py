@@ -55,10 +55,13 @@ ADAPTER_FOLDERS = {
 # defaults. The micro model's tiny text encoder barely tells "sks" apart from other
 # words, so there the text encoder's attention and the identifier's own embeddings
 # train too, and a share of instance images trains with the empty prompt, which
-# classifier-free guidance then subtracts (docs/micro_model.md measures each).
+# classifier-free guidance then subtracts; its textual inversion trains on the noisy
+# end of the schedule, where colours are settled (docs/micro_model.md measures each).
 TRAINING_DEFAULTS = {
-    MICRO: {"train_text_encoder": True, "train_identifier": True, "proportion_empty_prompts": 0.05},
-    SD15: {"train_text_encoder": False, "train_identifier": False, "proportion_empty_prompts": 0.0},
+    MICRO: {"train_text_encoder": True, "train_identifier": True, "proportion_empty_prompts": 0.05,
+            "min_timestep": 700},
+    SD15: {"train_text_encoder": False, "train_identifier": False, "proportion_empty_prompts": 0.0,
+           "min_timestep": 0},
 }
 
 

@@ -26,6 +26,13 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def non_negative_float(text):
     value = float(text)
     if not value >= 0:  # also rejects NaN

@@ -37,3 +37,19 @@ def test_help_texts_say_what_auto_means_on_each_base():
 
     assert auto_help("train_text_encoder") == "auto: on for micro, off for SD 1.5"
     assert auto_help("proportion_empty_prompts") == "auto: 0.05 for micro, 0 for SD 1.5"
+
+
+def test_textual_inversion_trains_on_the_noisy_end_on_micro_and_the_whole_schedule_on_sd15(capsys):
+    import exercise3a_train_textual_inversion as ti_trainer
+
+    def ti_resolved(flags, base):
+        args = ti_trainer.parse_args(flags)
+        args.base_model = base
+        return resolve_training_defaults(args)
+
+    assert ti_resolved([], MICRO).min_timestep == TRAINING_DEFAULTS[MICRO]["min_timestep"] > 0
+    assert ti_resolved([], SD15).min_timestep == 0  # diffusers' textual inversion: every timestep
+    assert ti_resolved(["--min-timestep", "0"], MICRO).min_timestep == 0
+    with pytest.raises(SystemExit):
+        ti_trainer.parse_args(["--min-timestep", "-1"])
+    assert "must be 0 or more" in capsys.readouterr().err

@@ -86,3 +86,28 @@ def test_bf16_mixed_precision_trains_the_word_in_fp32_and_draws_progress_grids(t
     assert saved.dtype == torch.float32 and torch.isfinite(saved).all()
     summary = json.loads((tmp_path / "out" / "exercise3a_summary.json").read_text())
     assert summary["mixed_precision"] == "bf16" and summary["frozen_weights_dtype"] == "bfloat16"
+
+
+def test_min_timestep_past_the_schedule_is_one_line_and_writes_nothing(tiny_pipeline_dir, instance_dir, tmp_path,
+                                                                        capsys):
+    assert run_main(trainer, ti_args(tiny_pipeline_dir, instance_dir, tmp_path, "--min-timestep", 1000)) == 1
+    assert "leaves no timestep to train on" in capsys.readouterr().err
+    assert not (tmp_path / "ti" / "learned_embeds.safetensors").exists()
+
+
+def test_training_draws_only_timesteps_from_min_timestep(tiny_pipeline_dir, instance_dir, tmp_path, monkeypatch):
+    import common.forward_diffusion
+
+    drawn = []
+    original = common.forward_diffusion.noisy_batch
+
+    def recording(*args, **kwargs):
+        noisy, timesteps, target = original(*args, **kwargs)
+        drawn.extend(timesteps.tolist())
+        return noisy, timesteps, target
+
+    monkeypatch.setattr(trainer, "noisy_batch", recording)
+    trainer.main(ti_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 12, "--min-timestep", 900))
+    assert len(drawn) == 12 and min(drawn) >= 900
+    summary = json.loads((tmp_path / "out" / "exercise3a_summary.json").read_text())
+    assert summary["settings"]["min_timestep"] == 900  # a resume with another range is refused

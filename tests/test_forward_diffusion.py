@@ -1,0 +1,20 @@
+"""common/forward_diffusion.py: the noisy batch the UNet learns to undo."""
+
+import torch
+from diffusers import DDPMScheduler
+
+from common.forward_diffusion import noisy_batch
+
+
+def test_timesteps_start_at_min_timestep_and_the_noise_is_the_target():
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    latents = torch.randn(256, 4, 2, 2)
+    noisy, timesteps, target = noisy_batch(scheduler, latents, torch.Generator().manual_seed(0), min_timestep=700)
+    assert timesteps.min() >= 700 and timesteps.max() <= 999 and len(set(timesteps.tolist())) > 100
+    torch.testing.assert_close(noisy, scheduler.add_noise(latents, target, timesteps))
+    # without a minimum, every timestep can be drawn, and the draws match a plain randint after the noise
+    _, everywhere, _ = noisy_batch(scheduler, latents, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(latents.shape, generator=generator)
+    assert torch.equal(everywhere, torch.randint(0, 1000, (256,), generator=generator))
+    assert everywhere.min() < 300
