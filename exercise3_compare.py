@@ -207,7 +207,7 @@ def measure(args, device, dtype, where):
     bounds, scorers = {}, []
     if judge is not None:
         bounds.update(paper_table.real_bound(judge, instance_images))
-        scorers.append("the micro model's judge")
+        scorers.append("its judge")
         prompts = len(paper_table.prompt_set("x"))
     else:
         prompts = len(paper_evaluation.prompt_set())

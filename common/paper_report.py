@@ -19,6 +19,7 @@ PAPER_ROWS = {
 # (key in a row, column title); subject fidelity first, then prompt fidelity, then the prior's two.
 COLUMNS = [
     ("subject_fidelity", "subject fidelity (judge)"),
+    ("subject_family", "subject's pattern (judge)"),
     ("dino", "DINO"),
     ("clip_i", "CLIP-I"),
     ("prompt_fidelity", "prompt fidelity (judge)"),
@@ -64,7 +65,8 @@ def markdown(report):
         def cell(key):
             if key not in row:
                 return "-"
-            return f"{row[key]} ± {row[key + '_spread']}" if key + "_spread" in row else f"{row[key]}"
+            spread = f" ± {row[key + '_spread']:.3f}" if key + "_spread" in row else ""
+            return f"{row[key]:.3f}{spread}"
 
         seconds = f"{row['training_seconds']:.0f} s" if row.get("training_seconds") else "-"
         size = f"{row['adapter_bytes'] / 1024:.1f} KB" if row.get("adapter_bytes") else "-"

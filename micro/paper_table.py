@@ -11,6 +11,10 @@ common/paper_metrics.py's.
 The prompt set follows the paper's three kinds: recontextualization (the
 world's seven contexts), property change (colours the world knows) and style
 (the world's styles), each drawn with several seeds.
+
+The judge's family head adds one number the paper has no column for: the
+share of pictures drawn in the subject's own pattern family (stars), its shape
+apart from its colours.
 """
 
 import torch
@@ -20,6 +24,7 @@ from common.paper_metrics import accuracy, colour_similarity, diversity, mean_pa
 from common.prompts import CLASS_PROMPT, SUBJECT_CLASS
 from micro import world
 from micro.evaluate import SUBJECT_CONTEXT_PROMPTS, judged
+from micro.judge import JUDGE_FAMILIES
 from micro.world import STYLE_PHRASES
 
 
@@ -75,6 +80,8 @@ def measure(pipe, judge, instance_images, subject, *, seeds, steps, guidance, na
         "prompt_fidelity": round(sum(count * share for count, share in hits.values())
                                  / sum(count for count, _ in hits.values()), 3),
         "prompt_fidelity_by_kind": {kind: round(share, 3) for kind, (_, share) in hits.items()},
+        # the subject's shape alone: the share of pictures the judge calls the subject's family (stars)
+        "subject_family": round(accuracy(outputs["family"].argmax(1), JUDGE_FAMILIES.index("stars")), 3),
         "pres": round(mean_pairwise_cosine(class_embeddings, real), 3),
         "div": round(diversity(embeddings.reshape(len(items), len(seeds), -1)), 3),
         "colour_similarity_with_word": round(colour_similarity(images[:len(SUBJECT_CONTEXT_PROMPTS) * len(seeds)],

@@ -3,6 +3,7 @@ reading, the table and chart, the outputs on micro and on a Stable Diffusion fol
 
 import json
 
+import pytest
 import torch
 
 from common import paper_report
@@ -44,7 +45,7 @@ def fake_report():
 
 def test_the_table_and_chart_show_every_method_beside_the_paper():
     text = paper_report.markdown(fake_report())
-    assert text.count("\n| ") >= 10 and "| LoRA, prior preservation | 0.6 | 0.7 | 0.4 | 0.05 | 0.4 / 0.1 | 40 s | 224.6 KB |" in text
+    assert text.count("\n| ") >= 10 and "| LoRA, prior preservation | 0.600 | 0.700 | 0.400 | 0.050 | 0.400 / 0.100 | 40 s | 224.6 KB |" in text
     assert "0.668" in text and "0.664" in text  # the paper's rows, quoted
     figure = paper_report.chart(fake_report(), "test")
     assert len(figure.axes[0].patches) == 4 * 4 and overlapping_texts(figure) == []
@@ -57,7 +58,7 @@ def test_the_table_and_chart_take_the_columns_the_rows_have():
     report["real_vs_real"].update({"clip_i": 0.9, "dino": 0.7})
     header = paper_report.markdown(report).split("\n")[2]
     assert header.startswith("| method | subject fidelity (judge) | DINO | CLIP-I | prompt fidelity (judge) | CLIP-T |")
-    assert "| base model | 0.6 | - | 0.8 |" in paper_report.markdown(report)  # a measure a row lacks is "-"
+    assert "| base model | 0.600 | - | 0.800 |" in paper_report.markdown(report)  # a measure a row lacks is "-"
     figure = paper_report.chart(report, "The DreamBooth paper's measures on stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert len(figure.axes[0].patches) == 4 * 7 - 1 and overlapping_texts(figure) == []
     assert len(figure.axes[0].collections) == 3  # real vs real on the judge's similarity, DINO and CLIP-I
@@ -141,7 +142,7 @@ def test_combine_gives_each_numbers_mean_and_its_spread_over_training_seeds():
     assert timed["training_seconds"] == 30.0 and "training_seconds_spread" not in timed
     single = paper_report.combine(runs[:1])
     assert single["pres"] == 0.2 and "pres_spread" not in single
-    assert "0.3 ± 0.1" in paper_report.markdown({"about": "", "real_vs_real": {}, "methods": {"x": {
+    assert "0.300 ± 0.100" in paper_report.markdown({"about": "", "real_vs_real": {}, "methods": {"x": {
         **row, "subject_fidelity": 0.5, "prompt_fidelity": 0.5, "div": 0.1, "colour_similarity_with_word": 0.2,
         "colour_similarity_without_word": 0.1}}})
 
@@ -183,3 +184,34 @@ def test_an_adapters_root_of_its_own_trains_all_three_there_and_never_falls_back
     assert "--no-prior-preservation" in no_prior and "--no-prior-preservation" not in lora
     assert methods["textual inversion"][0] == tmp_path / "root" / "fabric_textual_inversion" / "learned_embeds.safetensors"
     assert methods["LoRA, no prior preservation"][0] == tmp_path / "root" / "fabric_lora_no_prior"
+
+
+def test_measure_on_micro_reads_each_number_off_the_judge(load_tiny_pipe):
+    """paper_table.measure with a stand-in judge whose answers are known: every picture is 'stars', the
+    'swatch' context, the first style and red; its embedding is the picture's mean colour."""
+    from micro.judge import JUDGE_FAMILIES
+
+    def judge(batch):
+        count = len(batch)
+        outputs = {"family": torch.zeros(count, len(JUDGE_FAMILIES)), "context": torch.zeros(count, len(world.CONTEXTS)),
+                   "style": torch.zeros(count, len(world.STYLES)), "colours": torch.zeros(count, len(world.COLOURS))}
+        outputs["family"][:, JUDGE_FAMILIES.index("stars")] = 1
+        outputs["context"][:, world.CONTEXTS.index("swatch")] = 1
+        outputs["style"][:, 0] = 1
+        outputs["colours"][:, world.COLOURS.index("red")], outputs["colours"][:, world.COLOURS.index("blue")] = 1, 0.5
+        return batch.mean(dim=(2, 3)), outputs
+
+    from PIL import Image
+
+    instance = [Image.new("RGB", (64, 64), (240, 228, 200))] * 2
+    row = paper_table.measure(load_tiny_pipe(), judge, instance, "sks african fabric pattern", seeds=range(2), steps=2,
+                              guidance=7.5, name="test")
+    items = paper_table.prompt_set("x")
+    assert row["images"] == 2 * len(items) + 2 + 2 * 7
+    assert row["subject_family"] == 1.0  # every picture read as the subject's stars
+    assert row["prompt_fidelity_by_kind"]["context"] == pytest.approx(1 / 7, abs=1e-3)  # only the swatch prompts
+    colours = [label for kind, _, label in items if kind == "colour"]
+    read = (world.COLOURS.index("red"), world.COLOURS.index("blue"))  # the judge's top two
+    assert row["prompt_fidelity_by_kind"]["colour"] == pytest.approx(sum(c in read for c in colours) / len(colours),
+                                                                     abs=1e-3)
+    assert 0 <= row["div"] <= 1 and -1 <= row["subject_fidelity"] <= 1 and -1 <= row["pres"] <= 1
