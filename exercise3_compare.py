@@ -70,8 +70,9 @@ def parse_args(argv=None):
                         help="with --measure and CLIP: DINO for the paper's subject fidelity, left out with a "
                              "note when it is not on this machine; 'none' leaves it out")
     parser.add_argument("--instance-dir", type=Path, default=Path("training_images"),
-                        help="with --measure: the real images every picture is compared with (your own photos "
-                             "work too; the judge knows only micro's fabric world, the colour score anything)")
+                        help="with --measure: the real images every picture is compared with, and that a "
+                             "missing adapter is trained on (your own photos work too; the judge knows only "
+                             "micro's fabric world, the colour score anything)")
     parser.add_argument("--training-seeds", type=int, nargs="+", default=[0],
                         help="with --measure: each method trained and measured once per seed, reported as "
                              "mean ± spread; seed 0 uses the trainers' (or the shipped) adapters")
@@ -119,7 +120,9 @@ def method_adapters(args, training_seed):
         args.base_model == MICRO and args.adapters_root == "auto" and training_seed == 0) else None
     training = args.output_dir / "exercise3_measured_training" / f"seed{training_seed}"
     folder = root if training_seed == 0 else root / "measured" / f"seed{training_seed}"
-    flags = ["--base-model", args.base_model, "--seed", str(training_seed)]
+    # A missing adapter learns from the same images it will be compared with.
+    flags = ["--base-model", args.base_model, "--seed", str(training_seed),
+             "--instance-dir", str(Path(args.instance_dir).resolve())]
     # With a root of its own, everything the run trains stays under it, the LoRAs' class images too.
     lora_flags = flags + (["--class-dir", str(root / "class_images")] if args.adapters_root != "auto" else [])
     ti, ti_out = adapter_or_train(

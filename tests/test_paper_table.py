@@ -164,7 +164,8 @@ def test_a_failed_training_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_an_adapters_root_of_its_own_trains_all_three_there_and_never_falls_back_on_the_shipped(tmp_path,
-                                                                                                monkeypatch):
+                                                                                                monkeypatch,
+                                                                                                instance_dir):
     import subprocess
 
     import exercise3_compare
@@ -173,13 +174,14 @@ def test_an_adapters_root_of_its_own_trains_all_three_there_and_never_falls_back
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command) or
                         subprocess.CompletedProcess(command, 0))
     args = exercise3_compare.parse_args(["--measure", "--adapters-root", str(tmp_path / "root"),
-                                         "--output-dir", str(tmp_path / "out")])
+                                         "--instance-dir", str(instance_dir), "--output-dir", str(tmp_path / "out")])
     args.base_model = "micro"
     methods = exercise3_compare.method_adapters(args, training_seed=0)
     assert [command[1] for command in commands] == ["exercise3a_train_textual_inversion.py",
                                                     "exercise3b_train_lora.py", "exercise3b_train_lora.py"]
     ti, lora, no_prior = (" ".join(command) for command in commands)
-    assert all("--base-model micro --seed 0" in command for command in (ti, lora, no_prior))
+    assert all(f"--base-model micro --seed 0 --instance-dir {instance_dir.resolve()}" in command
+               for command in (ti, lora, no_prior))  # trained on the images they are compared with
     assert "--class-dir" not in ti and f"--class-dir {tmp_path / 'root' / 'class_images'}" in lora
     assert "--no-prior-preservation" in no_prior and "--no-prior-preservation" not in lora
     assert methods["textual inversion"][0] == tmp_path / "root" / "fabric_textual_inversion" / "learned_embeds.safetensors"
