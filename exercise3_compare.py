@@ -160,6 +160,9 @@ def load_scorers(args, device):
             raise UserError(f"the micro model's judge is missing from {JUDGE_FILE}; restore it with git checkout")
         judge = load_judge()
     clip_model = args.clip_model if args.clip_model != "auto" else ("none" if judge else CLIP_MODEL)
+    if judge is None and clip_model == "none":
+        raise UserError("--measure needs a scorer: the judge exists for micro only, so on this base leave "
+                        "--clip-model at auto or name a CLIP model")
     clip = load_clip(clip_model, device) if clip_model != "none" else None
     dino = load_dino(args.dino_model, device) if clip is not None and args.dino_model != "none" else None
     return judge, clip, dino

@@ -41,7 +41,7 @@ def _load_offline(model_class, processor_class, model_id, device):
     try:
         model = model_class.from_pretrained(model_id, local_files_only=True)
         processor = processor_class.from_pretrained(model_id, local_files_only=True)
-    except OSError:
+    except (OSError, ValueError):  # not on this machine, or not a model of that kind
         return None
     finally:
         logging.set_verbosity(verbosity)
@@ -54,8 +54,8 @@ def load_clip(model_id, device):
 
     encoder = _load_offline(CLIPModel, CLIPProcessor, model_id, device)
     if encoder is None:
-        raise UserError(f"CLIP-I / CLIP-T need {model_id} on this machine: download it once while online "
-                        f"(`hf download {model_id}`), or pass --clip-model with a local folder")
+        raise UserError(f"CLIP-I / CLIP-T need {model_id} as a CLIP model on this machine: download it once "
+                        f"while online (`hf download {model_id}`), or pass --clip-model with a local folder")
     return encoder
 
 

@@ -94,6 +94,9 @@ def test_measure_on_stable_diffusion_without_clip_is_one_line(tiny_pipeline_dir,
     assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--measure", "--output-dir", tmp_path,
                                         "--clip-model", tmp_path / "no_clip"]) == 1
     assert "hf download" in capsys.readouterr().err and not (tmp_path / "exercise3_measured.md").exists()
+    assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--measure", "--output-dir", tmp_path,
+                                        "--clip-model", "none"]) == 1
+    assert "needs a scorer" in capsys.readouterr().err
 
 
 def test_measure_on_a_stable_diffusion_folder_scores_with_clip_and_dino(tiny_pipeline_dir, tiny_lora_dir, tmp_path,
