@@ -9,7 +9,7 @@ empty adapters folder: first it trains all three adapters (TI, LoRA with and
 without prior preservation, and their class images) and measures; then it
 finds them and only measures.
 
-    python bench/bench_micro_budgets.py            # all scripts, about 25 minutes on 2 cores
+    python bench/bench_micro_budgets.py            # all scripts, about 12 minutes on 2 cores
     python bench/bench_micro_budgets.py --only exercise1_generate.py
     python bench/bench_micro_budgets.py --only "measure, training all"  --only "measure, all trained"
 """

@@ -38,15 +38,14 @@ def real_bounds(clip, dino, instance_images):
 def embedding_scores(clip, dino, images, class_prompts, seeds_per_prompt, class_images, instance_images):
     """CLIP-I, CLIP-T, DINO (when loaded), PRES and DIV for pictures drawn `seeds_per_prompt` times a prompt,
     in prompt order; `class_prompts` are their prompts in the class words, one per picture."""
-    generated = clip_image_embeddings(clip, images)
-    scores = {"clip_i": mean_pairwise_cosine(generated, clip_image_embeddings(clip, instance_images)),
+    generated, real = clip_image_embeddings(clip, images), clip_image_embeddings(clip, instance_images)
+    scores = {"clip_i": mean_pairwise_cosine(generated, real),
               "clip_t": matched_cosine(generated, clip_text_embeddings(clip, class_prompts))}
-    embed = clip_image_embeddings
-    if dino is not None:
-        embed, generated = dino_embeddings, dino_embeddings(dino, images)
-        scores["dino"] = mean_pairwise_cosine(generated, dino_embeddings(dino, instance_images))
-    encoder = dino if dino is not None else clip
-    scores["pres"] = mean_pairwise_cosine(embed(encoder, class_images), embed(encoder, instance_images))
+    encoder, embed = (clip, clip_image_embeddings) if dino is None else (dino, dino_embeddings)
+    if dino is not None:  # PRES and DIV then read DINO's embeddings, as the paper's subject fidelity does
+        generated, real = embed(dino, images), embed(dino, instance_images)
+        scores["dino"] = mean_pairwise_cosine(generated, real)
+    scores["pres"] = mean_pairwise_cosine(embed(encoder, class_images), real)
     scores["div"] = diversity(generated.reshape(len(images) // seeds_per_prompt, seeds_per_prompt, -1))
     return {key: round(value, 3) for key, value in scores.items()}
 
