@@ -27,6 +27,14 @@ def make_accelerator(device, mixed_precision, compile_models=False):
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
                               dynamo_backend=COMPILE_BACKEND if compile_models else None)
+    if accelerator.device.type == "cpu" and mixed_precision == "fp16" and not accelerator.native_amp:
+        # Accelerate turns fp16 mixed precision on only for GPUs and other accelerators: on a CPU it
+        # quietly leaves out the autocast and the gradient scaler, and the fp16 models then run
+        # without either. torch has both for the CPU, so they are turned on here as on CUDA: with
+        # them `--mixed-precision fp16` on a CPU runs the course's CUDA path (fp16 autocast, loss
+        # scaling, skipped steps on overflow), which is how the tests check it without a GPU.
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     return accelerator, accelerator.device, weight_dtype, mixed_precision
 

@@ -238,6 +238,10 @@ class TrainingRun:
                                     accelerator.process_index)
             self.first_update, self.history, self.seconds_before = state["update"], state["history"], state["seconds"]
             self.evaluations = state.get("evaluation", self.evaluations)
+            if accelerator.scaler is not None and state.get("grad_scaler"):
+                # fp16's loss scale as it was: restarting from the initial scale would skip the updates
+                # whose gradients overflow on the way back down, which the uninterrupted run did not.
+                accelerator.scaler.load_state_dict(state["grad_scaler"])
             print(f"resuming from {checkpoint} at update {self.first_update}")
         self.losses = LossLog(self.history, args.adapter_dir)
         self.first_update_seconds = 0.0
@@ -296,13 +300,15 @@ class TrainingRun:
 
     def save_checkpoint(self, update):
         self.losses.flush()  # a non-finite loss stops the run here, before its weights are saved
+        scaler = self.accelerator.scaler  # fp16's gradient scaler: its loss scale and growth count
         # Every process saves its own random state; process 0 also the shared rest.
         with self.clock.phase("checkpoints"):
             save_checkpoint(self.args.adapter_dir / f"checkpoint-{update}", self.trainable, self.optimizer,
                             self.lr_scheduler, self.generator,
                             {"update": update, "history": self.history, "evaluation": self.evaluations,
                              "settings": self.settings,
-                             "seconds": self.seconds_before + time.perf_counter() - self.started},
+                             "seconds": self.seconds_before + time.perf_counter() - self.started,
+                             "grad_scaler": None if scaler is None else scaler.state_dict()},
                             rank=self.accelerator.process_index)
 
     def save_progress_grid(self, update):

@@ -1,5 +1,6 @@
 """Exercise 3b on the tiny pipeline: the math, learning, exact resume, saved formats, bad input."""
 
+import functools
 import json
 import shutil
 
@@ -249,18 +250,24 @@ def test_nan_loss_stops_and_keeps_checkpoints(tiny_pipeline_dir, instance_dir, t
     assert not (tmp_path / "lora" / "checkpoint-4").exists()
 
 
-def test_bf16_mixed_precision_trains_and_draws_progress_grids(tiny_pipeline_dir, instance_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_draws_progress_grids(tiny_pipeline_dir, instance_dir, tmp_path, precision):
     """The CUDA course's path on the CPU: frozen weights in half precision, trainable ones in fp32,
-    progress grids drawn mid-training with the model Accelerate prepared (they crashed in the VAE)."""
+    progress grids drawn mid-training with the model Accelerate prepared (they crashed in the VAE);
+    under fp16 with the gradient scaler, as on CUDA."""
     from safetensors.torch import load_file
 
     assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2,
-                                        "--progress-every", 1, "--mixed-precision", "bf16",
+                                        "--progress-every", 1, "--mixed-precision", precision,
                                         "--train-text-encoder", "--train-identifier")) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "training_progress_lora").iterdir()) == \
         ["step_00001.png", "step_00002.png"]
     summary = json.loads((tmp_path / "out" / "exercise3b_summary.json").read_text())
-    assert summary["mixed_precision"] == "bf16" and summary["frozen_weights_dtype"] == "bfloat16"
+    half = {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert summary["mixed_precision"] == precision and summary["frozen_weights_dtype"] == half
+    # the gradient scaler (fp16 only) and its loss scale, kept in the checkpoint for an exact resume
+    scaler = json.loads((tmp_path / "lora" / "checkpoint-2" / "training_state.json").read_text())["grad_scaler"]
+    assert (scaler is not None) == (precision == "fp16")
     assert summary["gradient_checkpointing"] is False  # auto, on a CPU
     for name in ["adapter_model.safetensors", "text_encoder/adapter_model.safetensors",
                  "identifier_embeddings.safetensors"]:
@@ -268,6 +275,32 @@ def test_bf16_mixed_precision_trains_and_draws_progress_grids(tiny_pipeline_dir,
         assert {tensor.dtype for tensor in saved.values()} == {torch.float32}, name
     lora_b = [t for k, t in load_file(str(tmp_path / "lora" / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert all(torch.isfinite(t).all() for t in lora_b) and any(t.abs().sum() > 0 for t in lora_b)  # B left zero
+
+
+def test_fp16_resume_goes_on_with_the_lowered_loss_scale(tiny_pipeline_dir, instance_dir, tmp_path, monkeypatch):
+    """Under fp16 an update whose gradients overflow is skipped and the loss scale lowered. A resume must go
+    on with the lowered scale: starting again from the first one, it would skip an update that the
+    uninterrupted run made."""
+    from safetensors.torch import load_file
+
+    # A first scale so high that the first update overflows, lowered in one step to 2 ** 16, which fits.
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 30, backoff_factor=2.0 ** -14))
+    flags = ["--mixed-precision", "fp16", "--no-train-text-encoder", "--no-train-identifier"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, straight, "--max-train-steps", 6,
+                                        *flags)) == 0
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 3,
+                                        "--checkpoint-every", 3, *flags)) == 0
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 6,
+                                        "--resume", "latest", *flags)) == 0
+    saved = json.loads((split / "lora" / "checkpoint-3" / "training_state.json").read_text())["grad_scaler"]
+    assert saved["scale"] == 2.0 ** 16  # the first update overflowed and was skipped
+    a = load_file(str(straight / "lora" / "adapter_model.safetensors"))
+    b = load_file(str(split / "lora" / "adapter_model.safetensors"))
+    assert any(t.abs().sum() > 0 for k, t in a.items() if "lora_B" in k)  # the later updates were made
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
 def test_gradient_checkpointing_flag_trains_the_same_adapter(tiny_pipeline_dir, instance_dir, tmp_path):

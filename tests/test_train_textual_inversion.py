@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -76,16 +77,21 @@ def test_ti_vs_lora_comparison(tiny_pipeline_dir, tiny_lora_dir, tmp_path):
     assert 0.9 < width / height < 2.0  # four columns, three rows
 
 
-def test_bf16_mixed_precision_trains_the_word_in_fp32_and_draws_progress_grids(tiny_pipeline_dir, instance_dir,
-                                                                               tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_the_word_in_fp32_and_draws_progress_grids(tiny_pipeline_dir, instance_dir, tmp_path,
+                                                                          precision):
+    """The CUDA course's half-precision path on the CPU (fp16 with its gradient scaler, as on CUDA)."""
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     pipe, vector = trainer.main(ti_args(tiny_pipeline_dir, instance_dir, tmp_path, "--max-train-steps", 2,
-                                        "--progress-every", 1, "--mixed-precision", "bf16"))
-    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16 and vector.dtype == torch.float32
+                                        "--progress-every", 1, "--mixed-precision", precision))
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == half and vector.dtype == torch.float32
     assert len(list((tmp_path / "out" / "training_progress_ti").glob("step_*.png"))) == 2
     saved = load_file(str(tmp_path / "ti" / "learned_embeds.safetensors"))["<african-fabric>"]
     assert saved.dtype == torch.float32 and torch.isfinite(saved).all()
     summary = json.loads((tmp_path / "out" / "exercise3a_summary.json").read_text())
-    assert summary["mixed_precision"] == "bf16" and summary["frozen_weights_dtype"] == "bfloat16"
+    assert summary["mixed_precision"] == precision and summary["frozen_weights_dtype"] == str(half)[len("torch."):]
+    scaler = json.loads((tmp_path / "ti" / "checkpoint-2" / "training_state.json").read_text())["grad_scaler"]
+    assert (scaler is not None) == (precision == "fp16")
 
 
 def test_min_timestep_past_the_schedule_is_one_line_and_writes_nothing(tiny_pipeline_dir, instance_dir, tmp_path,
