@@ -105,7 +105,7 @@ def main(argv=None):
 
     from common.base_model import resolve_base, resolve_training_defaults
     from common.checkpoints import fingerprint, prepare_run
-    from common.device import pick_device
+    from common.device import copy_to_device, pick_device
     from common.evaluation_loss import EvaluationLoss
     from common.latent_cache import LatentCache
     from common.pipeline import load_pipeline, print_banner
@@ -175,7 +175,7 @@ def main(argv=None):
             picks = torch.randint(0, len(STYLE_TEMPLATES), (args.train_batch_size,), generator=generator)
             noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator, args.min_timestep)
             with accelerator.autocast():
-                embeddings = pipe.text_encoder(caption_ids[picks.to(device)])[0]
+                embeddings = pipe.text_encoder(caption_ids[copy_to_device(picks, device)])[0]
                 prediction = pipe.unet(noisy, timesteps, embeddings).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
             accelerator.backward(loss)

@@ -25,6 +25,7 @@ Where the table goes: printed, and written as gpu_check.md / gpu_check.json in
 """
 
 import argparse
+import collections
 import contextlib
 import gc
 import io
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,8 +156,38 @@ def counting_images(module):
             setattr(owner, name, original)
 
 
-def run_script(name, module, argv, device):
-    """Run `module.main(argv)` in this process; returns a row of the table (and what it printed)."""
+@contextlib.contextmanager
+def host_syncs(enabled):
+    """Count where the script made Python wait for the GPU ({"file.py:line": times}), with torch's
+    sync debug mode, which warns at every synchronizing CUDA call (blocking copies included)."""
+    import torch
+
+    counts = collections.Counter()
+    if not enabled:
+        yield counts
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every time, not once per line
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield counts
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            counts.update(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                          if "synchroniz" in str(w.message))
+
+
+def sync_note(counts, updates):
+    """The note for a trainer audited with host_syncs: how many waits, and the places waited at most.
+    A place hit about once per update (or more) is in the training loop; the class images, progress
+    grid and evaluation (30 denoising steps each) and the loss log (every 20 updates) add the rest."""
+    sites = ", ".join(f"{site} x{count}" for site, count in counts.most_common(5))
+    return f"host syncs: {sum(counts.values())} in all for {updates} updates{f'; most at {sites}' if sites else ''}; "
+
+
+def run_script(name, module, argv, device, audit_syncs=False):
+    """Run `module.main(argv)` in this process; returns a row of the table (and what it printed).
+    `audit_syncs` (CUDA): also count where it waited for the GPU (row["syncs"])."""
     import torch
 
     from common.errors import UserError
@@ -168,7 +200,8 @@ def run_script(name, module, argv, device):
     tee = Tee(sys.stdout)
     started = time.perf_counter()
     print(f"\n=== {name}: python {module.__name__}.py {' '.join(map(str, argv))}", flush=True)
-    with counting_images(module) as images, contextlib.redirect_stdout(tee):
+    with counting_images(module) as images, host_syncs(audit_syncs and device == "cuda") as syncs, \
+            contextlib.redirect_stdout(tee):
         try:
             module.main([str(a) for a in argv])
         except (Exception, SystemExit) as error:  # keep going: the table says what failed
@@ -184,6 +217,7 @@ def run_script(name, module, argv, device):
     if images["images"]:
         row["s_per_image"] = round(images["seconds"] / images["images"], 3)
     row["printed"] = tee.copy.getvalue()
+    row["syncs"] = syncs
     return row
 
 
@@ -325,7 +359,8 @@ def main():
     rows.append(row)
 
     # The trainers write where exercise3_compare reads their summaries (train/); the second
-    # exercise3b run, with gradient checkpointing, only measures what checkpointing costs.
+    # exercise3b run, with gradient checkpointing, only measures what checkpointing costs, and
+    # counts where the training loop waits for the GPU (the first run's speed is left unaudited).
     row = run_script("exercise3a_train_textual_inversion", exercise3a_train_textual_inversion,
                      [*training, "--adapter-dir", scratch / "ti", "--output-dir", out / "train"], device)
     check(row, (scratch / "ti" / "learned_embeds.safetensors").is_file(), "no embedding")
@@ -341,14 +376,17 @@ def main():
         variants.append(("exercise3b_train_lora --compile", ["--compile"], scratch / "lora_compiled",
                          out / "train_compiled"))
     for name, extra, folder, written in variants:
+        audit = "--gradient-checkpointing" in extra
         row = run_script(name, exercise3b_train_lora,
                          [*training, *extra, "--num-class-images", 4, "--class-dir", scratch / "classes",
-                          "--adapter-dir", folder, "--output-dir", written], device)
+                          "--adapter-dir", folder, "--output-dir", written], device, audit_syncs=audit)
         check(row, (folder / "adapter_model.safetensors").is_file(), "no adapter")
         check(row, (folder / f"checkpoint-{args.updates}" / "training_state.json").is_file(), "no checkpoint")
         check(row, (written / "training_progress_lora" / f"step_{args.updates:05d}.png").is_file(),
               "no progress grid")
         trainer_speed(row, written / "exercise3b_summary.json")
+        if audit and device == "cuda":
+            row["note"] = sync_note(row["syncs"], args.updates)
         rows.append(row)
 
     row = run_script("exercise3_compare (the trained TI and LoRA)", exercise3_compare,

@@ -62,3 +62,14 @@ def pick_device(requested="auto", precision="auto", threads="auto"):
         # algorithms once per shape and keep the fastest.
         torch.backends.cudnn.benchmark = True
     return torch.device(requested), PRECISIONS[precision]
+
+
+def copy_to_device(tensor, device, dtype=None):
+    """`tensor`, made on the CPU (random draws, token ids), copied to `device` without waiting for the GPU.
+
+    PyTorch follows a blocking host-to-GPU copy with a wait until the GPU has finished all its queued
+    work, so a training loop that copies its random draws that way makes the GPU idle while Python
+    prepares each next update. A non-blocking copy from ordinary (pageable) CPU memory is staged by
+    CUDA before the call returns, so the CPU tensor may go away at once. On a CPU it is a plain copy.
+    """
+    return tensor.to(device, dtype, non_blocking=True)

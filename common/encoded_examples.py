@@ -8,13 +8,14 @@ ten images and the same captions never change: encoding them on every update
 
 import torch
 
+from common.device import copy_to_device
 from common.latent_cache import LatentCache
 
 
 def encode_prompt(pipe, prompt, device, text_encoder=None):
     """CLIP's last hidden states for a prompt (or a list): what the UNet's cross-attention reads."""
-    ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(device)
+    ids = copy_to_device(pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                        truncation=True, return_tensors="pt").input_ids, device)
     return (pipe.text_encoder if text_encoder is None else text_encoder)(ids)[0]  # a compiled model has no truth value
 
 
@@ -68,10 +69,10 @@ class EncodedExamples:
             captions = torch.where(emptied, self.prompts[role].index(""), captions)
         if self.embeddings is not None:
             embeddings = self.embeddings[role]
-            return latents, embeddings[captions.to(embeddings.device)]
+            return latents, embeddings[copy_to_device(captions, embeddings.device)]
         # Only the captions drawn this update go through the text encoder.
         needed, position = torch.unique(captions, return_inverse=True)
         with torch.set_grad_enabled(self.text_encoder_trains):
             embeddings = encode_prompt(self.pipe, [self.prompts[role][i] for i in needed.tolist()], self.device,
                                        self.text_encoder)
-        return latents, embeddings[position.to(embeddings.device)]
+        return latents, embeddings[copy_to_device(position, embeddings.device)]

@@ -15,13 +15,15 @@ training on the noisy end of the schedule (exercise 3a uses it on micro).
 
 import torch
 
+from common.device import copy_to_device
+
 
 def noisy_batch(noise_scheduler, latents, generator, min_timestep=0):
     """(noisy latents, timesteps, what the UNet should predict), all drawn from `generator`; timesteps
     uniform from min_timestep up to the schedule's last."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    timesteps = torch.randint(min_timestep, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(latents.device)
+    noise = copy_to_device(torch.randn(latents.shape, generator=generator), latents.device, latents.dtype)
+    timesteps = copy_to_device(torch.randint(min_timestep, noise_scheduler.config.num_train_timesteps,
+                                             (latents.shape[0],), generator=generator), latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":
         return noisy, timesteps, noise_scheduler.get_velocity(latents, noise, timesteps)

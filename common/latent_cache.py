@@ -11,6 +11,8 @@ would. With cache=False the VAE runs every update, for comparison.
 import numpy as np
 import torch
 
+from common.device import copy_to_device
+
 
 def to_tensor(image):
     """PIL RGB -> [3, H, W] in [-1, 1], the VAE's input range."""
@@ -56,5 +58,6 @@ class LatentCache:
                 means.append(mean)
                 stds.append(std)
             mean, std = torch.cat(means), torch.cat(stds)
-            sample = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+            noise = copy_to_device(torch.randn(mean.shape, generator=generator), mean.device, mean.dtype)
+            sample = mean + std * noise
         return sample * self.vae.config.scaling_factor, indices
