@@ -9,6 +9,9 @@ loss curves and the summary.
 
 import contextlib
 import math
+import signal
+import sys
+import threading
 import time
 
 import torch
@@ -247,12 +250,20 @@ class TrainingRun:
         self.first_update_seconds = 0.0
         self.started = self.ended = None
         self.bar = None
+        self.stop_requested, self.stopped_after_update, self.sigint_handler = False, False, None
 
     # --- the loop --------------------------------------------------------------------------------
 
     def __enter__(self):
         if self.first_update == 0:
             self.evaluate(0)  # where the curves start: the base model
+        # Ctrl-C lands anywhere in an update: after the random draws, or after the optimizer step but
+        # before the update is counted. A checkpoint taken there would resume one draw or one update
+        # off, so Ctrl-C only asks to stop, and the run stops once the update under way is done.
+        # (One process only: under `accelerate launch` the processes could stop at different updates
+        # and leave the others waiting for them, so there Ctrl-C stops at once, as before.)
+        if self.accelerator.num_processes == 1 and threading.current_thread() is threading.main_thread():
+            self.sigint_handler = signal.signal(signal.SIGINT, self.stop_after_this_update) or signal.SIG_DFL
         for model in self.trained_models:
             model.train()
         self.clock.begin("training")
@@ -280,16 +291,34 @@ class TrainingRun:
             self.evaluate(done)
         if done % self.args.checkpoint_every == 0 or done == self.args.max_train_steps:
             self.save_checkpoint(done)  # after the evaluation, so that the checkpoint's curve includes it
+        if self.stop_requested and done < self.args.max_train_steps:
+            self.stopped_after_update = True
+            raise KeyboardInterrupt
+
+    def stop_after_this_update(self, signum, frame):
+        """Ctrl-C during the loop: finish this update, then save a checkpoint and stop; a second Ctrl-C
+        stops at once, keeping only the checkpoints already saved."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nCtrl-C: stopping after this update, with a checkpoint (Ctrl-C again stops at once, without one)",
+              file=sys.stderr)
 
     def __exit__(self, kind, error, traceback):
         try:
-            if kind is KeyboardInterrupt and self.losses.updates > self.first_update:
+            if kind is KeyboardInterrupt and (self.stopped_after_update or self.accelerator.num_processes > 1) \
+                    and self.losses.updates > self.first_update:
                 self.save_checkpoint(self.losses.updates)
                 print(f"saved {self.args.adapter_dir}/checkpoint-{self.losses.updates}; "
                       "continue with --resume latest")
+            elif kind is KeyboardInterrupt:
+                print(f"stopped in the middle of an update, which is not saved; --resume latest continues from "
+                      f"the latest checkpoint in {self.args.adapter_dir}", file=sys.stderr)
             elif kind is None:
                 self.losses.flush()
         finally:
+            if self.sigint_handler is not None:
+                signal.signal(signal.SIGINT, self.sigint_handler)
             self.ended = time.perf_counter()
             self.clock.end()
             if self.bar is not None:

@@ -303,6 +303,49 @@ def test_fp16_resume_goes_on_with_the_lowered_loss_scale(tiny_pipeline_dir, inst
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
+def test_ctrl_c_finishes_the_update_under_way_and_the_resume_is_exact(tiny_pipeline_dir, instance_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Ctrl-C lands in the middle of an update (here after its random draws and forward pass). The run
+    finishes that update, saves a checkpoint of it and stops; resuming from there trains the adapter the
+    uninterrupted run trained. A second Ctrl-C stops at once and saves nothing of the unfinished update."""
+    import signal
+
+    from safetensors.torch import load_file
+
+    real_step = trainer.training_step
+
+    def interrupted_at(update, presses):
+        calls = []
+
+        def step(*args, **kwargs):
+            result = real_step(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == update:
+                for _ in range(presses):
+                    signal.raise_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
+            return result
+        return step
+
+    straight, split, twice = tmp_path / "straight", tmp_path / "split", tmp_path / "twice"
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, straight, "--max-train-steps", 6)) == 0
+    monkeypatch.setattr(trainer, "training_step", interrupted_at(3, presses=1))
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 6)) == 130
+    assert [p.name for p in (split / "lora").glob("checkpoint-*")] == ["checkpoint-3"]
+    monkeypatch.setattr(trainer, "training_step", real_step)
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, split, "--max-train-steps", 6,
+                                        "--resume", "latest")) == 0
+    a = load_file(str(straight / "lora" / "adapter_model.safetensors"))
+    b = load_file(str(split / "lora" / "adapter_model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    capsys.readouterr()
+    monkeypatch.setattr(trainer, "training_step", interrupted_at(2, presses=2))
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, twice, "--max-train-steps", 6)) == 130
+    assert not list((twice / "lora").glob("checkpoint-*"))
+    assert "stopped in the middle of an update" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as usual again
+
+
 def test_gradient_checkpointing_flag_trains_the_same_adapter(tiny_pipeline_dir, instance_dir, tmp_path):
     """Recomputing activations changes memory and time, not the arithmetic's result."""
     from safetensors.torch import load_file
