@@ -56,7 +56,8 @@ def parse_args(argv=None):
     parser.add_argument("--measure", action="store_true",
                         help="measure base, TI and LoRA with and without prior preservation as the DreamBooth "
                              "paper does (the judge on micro, CLIP and DINO otherwise), training whichever "
-                             "adapter is missing")
+                             "adapter is missing; the adapters come from --adapters-root (--lora-dir, --ti-file, "
+                             "--lora-weight and --token are for the side-by-side picture)")
     parser.add_argument("--adapters-root", default="auto",
                         help="with --measure: the folder whose fabric_textual_inversion/, fabric_lora/ and "
                              "fabric_lora_no_prior/ are measured and where a missing one is trained, with its "
@@ -171,20 +172,23 @@ def load_scorers(args, device):
 def measure(args, device, dtype, where):
     """The paper's table: every method asked the same prompts and seeds, scored by micro's judge on micro
     and by CLIP (and DINO) on Stable Diffusion."""
-    from common.adapters import load_lora, load_textual_inversion
     from common import paper_evaluation, paper_report
     from common.saving import save_json, save_text
     from common.training_images import load_training_images
     from micro import paper_table
 
-    judge, clip, dino = load_scorers(args, device)
+    judge, clip, dino = load_scorers(args, device)  # first: a scorer missing stops the run before any training
     instance_images = load_training_images(args.instance_dir, 64 if judge else args.resolution)
     seeds = range(4)
+    # Every missing adapter is trained first, each in a trainer process of its own, while this one holds
+    # no pipeline (on a GPU the trainer then has its memory to itself).
+    adapters_by_seed = {training_seed: method_adapters(args, training_seed) for training_seed in args.training_seeds}
     rows = {}
-    for training_seed in args.training_seeds:
-        for name, (adapter, summary) in method_adapters(args, training_seed).items():
+    for training_seed, adapters in adapters_by_seed.items():
+        for name, (adapter, summary) in adapters.items():
             if name == "base model" and name in rows:
                 continue  # nothing trained: the same for every training seed
+            pipe = None  # the previous method's pipeline goes before the next one loads
             pipe = load_pipeline(where, device, dtype)
             pipe.set_progress_bar_config(disable=True)
             word = IDENTIFIER
@@ -255,7 +259,8 @@ def main(argv=None):
                     negative_prompt=args.negative_prompt, batch_size=args.batch_size)
 
     # Row 1: the base model, asked with the words it has never learned.
-    base_prompts = [template.format(subject=f"{IDENTIFIER} {SUBJECT_CLASS}") for template in CONTEXTS.values()]
+    word = args.token or IDENTIFIER
+    base_prompts = [template.format(subject=f"{word} {SUBJECT_CLASS}") for template in CONTEXTS.values()]
     rows = [("base model", base_prompts, generate(pipe, base_prompts, seeds, desc="base", **settings))]
 
     # Row 2: the same prompts with the textual-inversion word.
@@ -265,7 +270,7 @@ def main(argv=None):
                  generate(pipe, ti_prompts, seeds, desc="TI", **settings)))
 
     # Row 3: the LoRA with "sks" (the TI word is not in these prompts, so it stays silent).
-    adapter = load_lora(pipe, lora)
+    adapter = load_lora(pipe, lora, weight=args.lora_weight)
     fuse_lora(pipe)  # drawn at one strength from here on: fused, it costs no time
     lora_files = [lora.location / "adapter_model.safetensors"] if lora.kind == "peft" else [lora.location]
     rows.append((f"LoRA ({cost(args.output_dir / 'exercise3b_summary.json', lora_files)}, scale {adapter.scale})",

@@ -110,7 +110,7 @@ def main(argv=None):
     from common.latent_cache import LatentCache
     from common.pipeline import load_pipeline, print_banner
     from common.saving import save_json, save_safetensors
-    from common.training import adamw, make_accelerator
+    from common.training import adamw, average_gradients_across_processes, make_accelerator
     from common.training_images import load_training_images
     from common.training_run import PhaseClock, TrainingRun
 
@@ -179,9 +179,7 @@ def main(argv=None):
                 prediction = pipe.unet(noisy, timesteps, embeddings).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
             accelerator.backward(loss)
-            if accelerator.num_processes > 1:
-                # The vector sits outside any model Accelerate wrapped, so its gradient is averaged here.
-                vector.grad = accelerator.reduce(vector.grad, reduction="mean")
+            average_gradients_across_processes(accelerator, [vector])  # the vector is in no wrapped model
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -99,8 +99,9 @@ def parse_args(argv=None):
                       help="cache of class images (a subfolder per base model, prompt and resolution)")
     data.add_argument("--num-class-images", type=positive_int, default=NUM_CLASS_IMAGES,
                       help="class images for the prior")
-    data.add_argument("--no-prior-preservation", dest="prior_preservation", action="store_false",
-                      help="train on the instance images alone (to see what forgetting looks like)")
+    data.add_argument("--prior-preservation", action=argparse.BooleanOptionalAction, default=True,
+                      help="each update also trains on as many class images as instance images; "
+                           "--no-prior-preservation trains on the instance images alone (to see forgetting)")
     data.add_argument("--prior-loss-weight", type=non_negative_float, default=PRIOR_LOSS_WEIGHT,
                       help="lambda of the prior loss")
     data.add_argument("--proportion-empty-prompts", type=auto_or(share), default="auto",
@@ -177,7 +178,8 @@ def main(argv=None):
     from common.lora_training import TEXT_ENCODER_LORA_TARGETS, add_lora, check_lora_targets
     from common.pipeline import load_pipeline, print_banner
     from common.saving import save_json
-    from common.training import adamw, gradient_checkpointing_needed, make_accelerator
+    from common.training import (adamw, average_gradients_across_processes, gradient_checkpointing_needed,
+                                 make_accelerator)
     from common.training_images import load_training_images
     from common.training_run import PhaseClock, TrainingRun
 
@@ -257,7 +259,7 @@ def main(argv=None):
                                  "weight_decay": 0.0})
     images_per_update = args.train_batch_size * (2 if args.prior_preservation else 1)
     gradient_checkpointing = gradient_checkpointing_needed(args.gradient_checkpointing, device,
-                                                           images_per_update, args.resolution)
+                                                           images_per_update, args.resolution, weight_dtype)
     if gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     optimizer = adamw(parameter_groups, device, lr=args.learning_rate, weight_decay=1e-2)
@@ -291,9 +293,8 @@ def main(argv=None):
             total, instance, prior = training_step(unet, noise_scheduler, examples, args.train_batch_size, generator,
                                                    args.prior_preservation, args.prior_loss_weight)
             accelerator.backward(total)
-            if identifier is not None and accelerator.num_processes > 1:
-                # The vectors sit outside any model Accelerate wrapped, so their gradients are averaged here.
-                identifier.vectors.grad = accelerator.reduce(identifier.vectors.grad, reduction="mean")
+            if identifier is not None:  # its vectors are in no model Accelerate wrapped
+                average_gradients_across_processes(accelerator, [identifier.vectors])
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(trainable.values(), 1.0)
             optimizer.step()

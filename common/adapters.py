@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
+from common.lora_saving import PEFT_PREFIX  # how PEFT's files name the adapted model's weights
 from common.saving import read_safetensors
 from common.identifier_embeddings import (IDENTIFIER_FILE, attached, load_identifier_embeddings,
                                           read_identifier_embeddings, set_scale)
@@ -34,7 +35,6 @@ from common.identifier_embeddings import (IDENTIFIER_FILE, attached, load_identi
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
-PEFT_PREFIX = "base_model.model."
 TEXT_ENCODER_FOLDER = "text_encoder"
 
 

@@ -130,7 +130,7 @@ def resolve_base(args, device, role="release_lora"):
     """
     base = choose_base(resolve_model_id(str(args.base_model)), device)
     where = location(base)
-    if getattr(args, "resolution", None) is None:
+    if getattr(args, "resolution", "auto") in (None, "auto"):
         args.resolution = native_resolution(where)
     defaults = adapter_defaults(base)
     for flag, key in (("lora_dir", role if role.endswith("lora") else "trained_lora"),

@@ -101,9 +101,12 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, cud
     sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps per image")
     sampling.add_argument("--guidance", type=non_negative_float, default=7.5,
                           help="classifier-free guidance scale")
-    sampling.add_argument("--seed", type=int, default=seed, help="random seed of the first image")
-    sampling.add_argument("--resolution", type=image_size, default=None,
-                          help="image width and height in pixels (default: the base's own, 64 micro, 512 SD 1.5)")
+    sampling.add_argument("--seed", type=int, default=seed,
+                          help="random seed of the first image" if adapters else
+                          "seed of the training's random draws (images, noise, timesteps); the progress grids "
+                          "keep their own seeds")
+    sampling.add_argument("--resolution", type=auto_or(image_size), default="auto",
+                          help="image width and height in pixels; auto: the base's own (64 micro, 512 SD 1.5)")
     if adapters:
         sampling.add_argument("--negative-prompt", default=None,
                               help="what to steer away from, e.g. 'blurry, distorted'")
@@ -145,16 +148,18 @@ def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_eve
     """
     data = parser.add_argument_group("data")
     data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
-    data.add_argument("--no-flip", dest="flip", action="store_false", help="do not mirror images at random")
+    data.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                      help="mirror each drawn image at random (half of the time)")
     train = parser.add_argument_group("training")
     train.add_argument("--max-train-steps", type=positive_int, default=max_train_steps, help="optimizer updates")
     train.add_argument("--learning-rate", type=positive_float, default=learning_rate, help="AdamW learning rate")
-    train.add_argument("--train-batch-size", type=positive_int, default=1,
-                       help="instance images per update (with prior preservation, as many class images too)")
+    train.add_argument("--train-batch-size", type=positive_int, default=1, help="instance images per update")
     train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                       help="auto: fp16 on CUDA, none on CPU (bf16 also runs on a CPU, slowly)")
-    train.add_argument("--no-cache", dest="cache", action="store_false",
-                       help="run the frozen encoders every update instead of once (slower; for measuring)")
+                       help="auto: fp16 on CUDA, none on CPU (bf16 and fp16 also run on a CPU, slowly; the "
+                            "tests check the GPU path that way)")
+    train.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                       help="encode the images with the frozen VAE once, not every update (and the prompts, "
+                            "where the text encoder is frozen); --no-cache is slower, for measuring")
     train.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every,
                        help="updates between checkpoints")
     train.add_argument("--progress-every", type=positive_int, default=progress_every,

@@ -2,7 +2,8 @@
 
 Each image gets its own seeded generator, so an image depends only on its
 prompt, seed and settings, never on which other images shared its batch:
-`--batch-size 4` on a GPU gives the same pictures as `--batch-size 1`.
+`--batch-size 4` gives the same pictures as `--batch-size 1` (on a GPU up to
+rounding: its kernels may sum in another order for another batch shape).
 """
 
 import torch

@@ -42,21 +42,32 @@ def make_accelerator(device, mixed_precision, compile_models=False):
 # Gradient checkpointing recomputes activations in the backward pass instead of
 # keeping them: it saves memory and costs time (docs/performance.md has both).
 # Auto turns it on only where the peak without it would not fit; this model of
-# that peak (SD 1.5's frozen fp16 weights, plus activations per training image)
-# is fitted to the peak measured there.
+# that peak (SD 1.5's frozen weights, plus activations per training image) is
+# fitted to the peak measured there in fp16, and doubled for fp32 weights and
+# activations (--mixed-precision no).
 PEAK_WITHOUT_CHECKPOINTING_GIB = {"weights": 2.2, "per_image_at_512px": 1.25}
 
 
-def gradient_checkpointing_needed(setting, device, images_per_update, resolution):
+def gradient_checkpointing_needed(setting, device, images_per_update, resolution, weight_dtype=torch.float16):
     """--gradient-checkpointing: True/False as given; auto: on only for a CUDA GPU too small to train without."""
     if setting != "auto":
         return setting
     if device.type != "cuda":
         return False
-    need = (PEAK_WITHOUT_CHECKPOINTING_GIB["weights"]
-            + PEAK_WITHOUT_CHECKPOINTING_GIB["per_image_at_512px"] * images_per_update * (resolution / 512) ** 2)
+    bytes_per_number = torch.finfo(weight_dtype).bits / 16  # relative to fp16
+    need = bytes_per_number * (PEAK_WITHOUT_CHECKPOINTING_GIB["weights"]
+                               + PEAK_WITHOUT_CHECKPOINTING_GIB["per_image_at_512px"] * images_per_update
+                               * (resolution / 512) ** 2)
     total = torch.cuda.get_device_properties(device).total_memory / 1024 ** 3
     return total < need + 1.5  # headroom: the CUDA context, the allocator's cache, the progress grids
+
+
+def average_gradients_across_processes(accelerator, parameters):
+    """Under `accelerate launch`: average the gradients of trainable tensors that sit outside every
+    model Accelerate wrapped (DDP averages only the wrapped models'); one process has nothing to do."""
+    if accelerator.num_processes > 1:
+        for parameter in parameters:
+            parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
 
 
 def adamw(parameter_groups, device, **options):

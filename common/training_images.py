@@ -1,7 +1,9 @@
 """Reading a folder of training images, forgiving what can be fixed and naming what cannot.
 
 Students drop phone photos, screenshots and stray files into training_images/.
-Grayscale, RGBA, palette and CMYK images are converted to RGB; images smaller
+A phone photo is turned upright as its camera recorded (EXIF orientation: the
+pixels of a portrait photo are often stored sideways); grayscale, RGBA,
+palette and CMYK images are converted to RGB; images smaller
 than the training resolution are upscaled (with a warning, since upscaled
 images teach blur); files that are not images are skipped by name; a file that
 claims to be an image but cannot be decoded stops the run, naming it.
@@ -40,7 +42,7 @@ def load_training_images(folder, resolution, what="instance"):
         try:
             with Image.open(path) as opened:
                 opened.load()
-                image = opened.convert("RGB")  # grayscale, RGBA, palette and CMYK alike
+                image = ImageOps.exif_transpose(opened).convert("RGB")  # grayscale, RGBA, palette and CMYK alike
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"cannot read image {path} ({str(error)[:80]}); replace or remove it") from None
         if min(image.size) < resolution:

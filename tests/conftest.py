@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import REPO, build_tiny_pipeline, write_peft_lora  # noqa: E402
 
 RELEASE = REPO.parent / "shared" / "release"
+
+# --threads auto looks at how busy the CPU is as each script starts, so two runs that a test compares
+# bit for bit could compute with different thread counts (and sum in another order) while other work
+# runs beside the tests. One count for the whole session, as a user's OMP_NUM_THREADS would fix it.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,32 @@ def test_ti_vs_lora_comparison(tiny_pipeline_dir, tiny_lora_dir, tmp_path):
     assert 0.9 < width / height < 2.0  # four columns, three rows
 
 
+def test_comparison_draws_the_lora_at_lora_weight_and_asks_with_token(tiny_pipeline_dir, tiny_lora_dir, tmp_path,
+                                                                       monkeypatch):
+    import numpy as np
+
+    import exercise3_compare
+    from safetensors.torch import save_file
+
+    save_file({"<african-fabric>": torch.randn(32)}, str(tmp_path / "learned_embeds.safetensors"))
+    drawn = {}
+    real_generate = exercise3_compare.generate
+
+    def recording(pipe, prompts, seeds, desc, **settings):
+        images = real_generate(pipe, prompts, seeds, desc=desc, **settings)
+        drawn[desc] = (prompts, [np.asarray(image) for image in images])
+        return images
+
+    monkeypatch.setattr(exercise3_compare, "generate", recording)
+    assert run_main(exercise3_compare, ["--base-model", tiny_pipeline_dir, "--lora-dir", tiny_lora_dir,
+                                        "--ti-file", tmp_path / "learned_embeds.safetensors", "--lora-weight", 0,
+                                        "--token", "zwx", "--output-dir", tmp_path, "--steps", 2,
+                                        "--resolution", 32]) == 0
+    assert all("zwx african fabric pattern" in prompt for prompt in drawn["base"][0] + drawn["LoRA"][0])
+    # at weight 0 the LoRA changes nothing: its row is the base model's
+    assert all(np.array_equal(a, b) for a, b in zip(drawn["base"][1], drawn["LoRA"][1]))
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_the_word_in_fp32_and_draws_progress_grids(tiny_pipeline_dir, instance_dir, tmp_path,
                                                                           precision):

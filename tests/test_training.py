@@ -24,3 +24,6 @@ def test_gradient_checkpointing_is_on_only_when_asked_or_the_gpu_is_too_small(mo
     card(8)  # more images per update, or larger ones, need more
     assert gradient_checkpointing_needed("auto", cuda, 8, 512) is True
     assert gradient_checkpointing_needed("auto", cuda, 2, 768) is True
+    # --mixed-precision no: fp32 weights and activations, twice the memory
+    assert gradient_checkpointing_needed("auto", cuda, 2, 512, torch.float32) is True
+    assert gradient_checkpointing_needed("auto", cuda, 2, 512, torch.bfloat16) is False
