@@ -234,27 +234,31 @@ def trainer_speed(row, summary_path):
         row["phases"] = summary.get("seconds_by_phase")
 
 
-def run_reference(script, model, scratch, updates, precision, class_images):
+def run_reference(script, model, scratch, updates, precision, resolution, class_images):
     """diffusers' train_dreambooth_lora.py on the same model, images and settings (1 + 1 images per update,
     rank 4, prior preservation with our class images); its speed read from its progress bar."""
     instance = scratch / "reference_instances"
     classes = scratch / "reference_classes"
-    shutil.copytree(REPO / "training_images", instance, dirs_exist_ok=True)
+    instance.mkdir(exist_ok=True)
+    for path in sorted((REPO / "training_images").glob("*.png")):  # images only: it opens every file it finds
+        shutil.copy(path, instance / path.name)
     classes.mkdir(exist_ok=True)
     for index, path in enumerate(sorted(class_images.glob("*.png"))):
         shutil.copy(path, classes / f"{index}.png")
     command = [sys.executable, str(script), "--pretrained_model_name_or_path", str(model),
                "--instance_data_dir", str(instance), "--instance_prompt", "a sks african fabric pattern",
                "--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", "a fabric pattern",
-               "--num_class_images", str(len(list(classes.glob("*.png")))), "--resolution", "512",
+               "--num_class_images", str(len(list(classes.glob("*.png")))), "--resolution", str(resolution),
                "--train_batch_size", "1", "--mixed_precision", precision, "--max_train_steps", str(updates),
                "--learning_rate", "1e-4", "--rank", "4", "--seed", "0", "--checkpointing_steps", str(10 * updates),
                "--output_dir", str(scratch / "reference_out"), "--report_to", "tensorboard"]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
+    failure = next((line for line in reversed(lines) if "Error" in line), lines[-1])  # not the progress bar's line
     row = {"script": "diffusers train_dreambooth_lora.py (reference)", "ok": result.returncode == 0,
            "wall_s": round(time.perf_counter() - started, 1), "images": 0,
-           "error": "" if result.returncode == 0 else result.stderr.strip().splitlines()[-1][:200]}
+           "error": "" if result.returncode == 0 else failure[:200]}
     rates = re.findall(r"(\d+(?:\.\d+)?)(it/s|s/it)", result.stderr)
     if rates:  # tqdm's last reading, a running average of the latest updates
         value, unit = float(rates[-1][0]), rates[-1][1]
@@ -413,7 +417,8 @@ def main():
 
     if args.reference:
         class_folders = [p for p in (scratch / "classes").iterdir() if p.is_dir()]
-        reference = run_reference(args.reference, model, scratch, args.updates, precision, class_folders[0])
+        reference = run_reference(args.reference, model, scratch, args.updates, precision, resolution,
+                                  class_folders[0])
         ours = next((r for r in rows if r["script"] == "exercise3b_train_lora"), {})
         if reference.get("updates_per_s") and ours.get("updates_per_s"):
             reference["note"] = f"exercise3b is {ours['updates_per_s'] / reference['updates_per_s']:.2f}x this; "
