@@ -251,6 +251,7 @@ class TrainingRun:
         self.started = self.ended = None
         self.bar = None
         self.stop_requested, self.stopped_after_update, self.sigint_handler = False, False, None
+        self.last_checkpoint = None  # the update the latest checkpoint holds
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -308,7 +309,8 @@ class TrainingRun:
         try:
             if kind is KeyboardInterrupt and (self.stopped_after_update or self.accelerator.num_processes > 1) \
                     and self.losses.updates > self.first_update:
-                self.save_checkpoint(self.losses.updates)
+                if self.last_checkpoint != self.losses.updates:  # not saved already, as it was due
+                    self.save_checkpoint(self.losses.updates)
                 print(f"saved {self.args.adapter_dir}/checkpoint-{self.losses.updates}; "
                       "continue with --resume latest")
             elif kind is KeyboardInterrupt:
@@ -339,6 +341,7 @@ class TrainingRun:
                              "seconds": self.seconds_before + time.perf_counter() - self.started,
                              "grad_scaler": None if scaler is None else scaler.state_dict()},
                             rank=self.accelerator.process_index)
+        self.last_checkpoint = update
 
     def save_progress_grid(self, update):
         from common.generation import generate
