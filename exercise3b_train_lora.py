@@ -175,7 +175,8 @@ def main(argv=None):
     from common.evaluation_loss import EvaluationLoss
     from common.identifier_embeddings import attach, identifier_token_ids, save_identifier_embeddings
     from common.lora_saving import save_lora
-    from common.lora_training import TEXT_ENCODER_LORA_TARGETS, add_lora, check_lora_targets
+    from common.lora_training import (TEXT_ENCODER_LORA_TARGETS, add_lora, check_lora_targets,
+                                      compute_lora_in_autocast_precision)
     from common.pipeline import load_pipeline, print_banner
     from common.saving import save_json
     from common.training import (adamw, average_gradients_across_processes, gradient_checkpointing_needed,
@@ -268,6 +269,8 @@ def main(argv=None):
     unet, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
     if args.train_text_encoder:  # trains through Accelerate's wrapper; the pipeline samples with the bare one
         examples.text_encoder = accelerator.prepare(pipe.text_encoder)
+    if accelerator.native_amp:  # mixed precision: training and the progress grids run under autocast
+        compute_lora_in_autocast_precision(model for model, _ in lora_models.values())
 
     # The same questions at every evaluation: fixed noise and timesteps on fixed images.
     evaluation_captions = {"instance": args.instance_prompt, "class": args.class_prompt[0]}

@@ -32,7 +32,7 @@ def measure(args):
     import exercise3b_train_lora as trainer
     from common.device import pick_device
     from common.encoded_examples import EncodedExamples
-    from common.lora_training import add_lora
+    from common.lora_training import add_lora, compute_lora_in_autocast_precision
     from common.pipeline import load_pipeline
     from common.training import adamw
 
@@ -52,6 +52,8 @@ def measure(args):
                                flip=True, cache=args.mode == "cached", text_encoder_trains=False, device=device,
                                dtype=dtype)
     _, trainable = add_lora({"unet": (pipe.unet, trainer.LORA_TARGETS)}, rank=4, alpha=32, seed=0)
+    if dtype != torch.float32:  # as exercise3b under mixed precision: the update runs under autocast
+        compute_lora_in_autocast_precision([pipe.unet])
     optimizer = adamw(list(trainable.values()), device, lr=1e-4)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(0)

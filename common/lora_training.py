@@ -43,3 +43,22 @@ def add_lora(models, *, rank, alpha, seed):
         prefix = "" if role == "unet" else role + "."
         trainable.update({prefix + name: p for name, p in model.named_parameters() if p.requires_grad})
     return configs, trainable
+
+
+def compute_lora_in_autocast_precision(models):
+    """Let autocast, not PEFT, choose the precision of each LoRA layer's input. Only for models that
+    run under autocast from here on (training, and sampling mid-training, under mixed precision).
+
+    PEFT casts a LoRA layer's input to its weights' dtype (fp32 here, the trainable weights'), for
+    models that run without autocast. Under autocast that cast is wasted: the fp16/bf16 activation is
+    copied to fp32, then autocast copies it back to half precision for the matmul, and the backward
+    pass copies its gradient twice again. The round trip half -> fp32 -> half is exact, so skipping it
+    changes no number, and it leaves out four activation-sized copies per layer and update (SD 1.5's
+    UNet has 128 LoRA layers: about a tenth of the kernels an update launches; docs/performance.md).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False  # what peft.helpers.disable_input_dtype_casting sets

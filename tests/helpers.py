@@ -6,10 +6,12 @@ times fewer weights, built in seconds, so every code path runs on a CPU
 without a download.
 """
 
+import collections
 import json
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from common.errors import run_script
 
@@ -42,6 +44,19 @@ def unet_output(pipe, seed=0):
         return pipe.unet(sample, 500, context).sample
 
 TINY_TEXT_WIDTH = 32
+
+
+class CountingOps(TorchDispatchMode):
+    """Counts the aten operations run inside it, by name (on a GPU, each that is not a view is about
+    one kernel launch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def write_tiny_tokenizer(folder):
