@@ -57,6 +57,7 @@ from common.cli import (add_training_flags, auto_or, make_parser, non_negative_f
 from common.errors import run_script
 from common.forward_diffusion import noisy_batch
 from common.prior_preservation import prior_preservation_loss
+from common.training import COMPILE_MODES, COMPILE_SCOPES
 
 # ---------------------------------------------------------------------------
 # Configuration (the course's table; each value is a flag's default, see --help)
@@ -128,10 +129,14 @@ def parse_args(argv=None):
     train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default="auto",
                        help="recompute the UNet's activations in the backward pass: less GPU memory, "
                             "slower updates; auto: on only for a CUDA GPU too small to train without it")
-    train.add_argument("--compile", action="store_true",
+    train.add_argument("--compile", nargs="?", const="model", default="off", choices=COMPILE_SCOPES,
                        help="compile the trained models (the UNet, and the text encoder where it trains) with "
-                            "torch.compile: the first update waits while they compile, to make later ones faster "
-                            "(docs/performance.md)")
+                            "torch.compile: the first update waits while they compile, to make later ones faster; "
+                            "model: each as one graph (--compile alone); blocks: each repeated block on its own, "
+                            "quicker to compile (docs/performance.md)")
+    train.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                       help="torch.compile's mode with --compile; reduce-overhead adds CUDA graphs, which replay "
+                            "an update's kernels without launching each")
     args = parser.parse_args(argv)
     if args.identifier not in args.instance_prompt.split():
         parser.error(f"--identifier {args.identifier!r} is not a word of --instance-prompt {args.instance_prompt!r}")
@@ -180,7 +185,7 @@ def main(argv=None):
     from common.pipeline import load_pipeline, print_banner
     from common.saving import save_json
     from common.training import (adamw, average_gradients_across_processes, gradient_checkpointing_needed,
-                                 make_accelerator)
+                                 make_accelerator, prepare_trained_model)
     from common.training_images import load_training_images
     from common.training_run import PhaseClock, TrainingRun
 
@@ -201,7 +206,7 @@ def main(argv=None):
     # many under `accelerate launch`) and handles mixed precision.
     # -----------------------------------------------------------------------
     accelerator, device, weight_dtype, mixed_precision = make_accelerator(device, args.mixed_precision,
-                                                                          compile_models=args.compile)
+                                                                          args.compile, args.compile_mode)
     pipe = load_pipeline(where, device, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
     check_lora_targets(pipe.unet, args.lora_targets, suggestion=LORA_TARGETS)
@@ -266,9 +271,10 @@ def main(argv=None):
     optimizer = adamw(parameter_groups, device, lr=args.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    unet, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
+    unet = prepare_trained_model(accelerator, pipe.unet, args.compile, args.compile_mode)
     if args.train_text_encoder:  # trains through Accelerate's wrapper; the pipeline samples with the bare one
-        examples.text_encoder = accelerator.prepare(pipe.text_encoder)
+        examples.text_encoder = prepare_trained_model(accelerator, pipe.text_encoder, args.compile, args.compile_mode)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     if accelerator.native_amp:  # mixed precision: training and the progress grids run under autocast
         compute_lora_in_autocast_precision(model for model, _ in lora_models.values())
 
@@ -325,7 +331,8 @@ def main(argv=None):
                "identifier_token_embeddings": 0 if identifier is None else len(identifier.token_ids),
                "device": device.type, "mixed_precision": mixed_precision,
                "frozen_weights_dtype": str(weight_dtype).removeprefix("torch."),
-               "gradient_checkpointing": gradient_checkpointing, "compiled": args.compile,
+               "gradient_checkpointing": gradient_checkpointing, "compile": args.compile,
+               "compile_mode": args.compile_mode if args.compile != "off" else None,
                "cached_encoders": args.cache, "settings": settings}
     summary_path = save_json(summary, args.output_dir / "exercise3b_summary.json")
     print(f"wrote {args.adapter_dir} ({summary['lora_layers']} LoRA layers, scale {args.lora_alpha / args.rank}), "

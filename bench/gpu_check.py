@@ -15,6 +15,8 @@ say 128 layers at scale 8.0.
                                                   # (bf16 on a CPU), to check this script itself
     python bench/gpu_check.py --compile           # also exercise3b --compile (its compiling is
                                                   # reported as the first update's time)
+    python bench/gpu_check.py --only-lora --compile blocks model:reduce-overhead
+        # exercise3b only, eager and with each compile variant (SCOPE[:MODE]), each against eager
     python bench/gpu_check.py --reference PATH/train_dreambooth_lora.py
         # also diffusers' reference trainer on the same model and settings, side by side
     python bench/gpu_check.py --measure           # also exercise3_compare --measure, scored by CLIP
@@ -267,6 +269,20 @@ def run_reference(script, model, scratch, updates, precision, resolution, class_
     return row
 
 
+def rows_by_name(rows, name):
+    return next((row for row in rows if row["script"] == name), {})
+
+
+def compile_note(compiled, eager):
+    """What compiling cost (the first update's extra seconds) and after how many updates it is paid back."""
+    if not (compiled.get("updates_per_s") and eager.get("updates_per_s") and compiled.get("first_update_s")):
+        return ""
+    cost = compiled["first_update_s"] - (eager.get("first_update_s") or 0)
+    saved = 1 / eager["updates_per_s"] - 1 / compiled["updates_per_s"]
+    paid = f"paid back after {cost / saved:.0f} updates" if saved > 0 else "never paid back (no faster)"
+    return f"{compiled['updates_per_s'] / eager['updates_per_s']:.2f}x eager; compiling {cost:.0f} s, {paid}; "
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 def table(rows):
@@ -300,13 +316,24 @@ def main():
                         help="diffusers' examples/dreambooth/train_dreambooth_lora.py, to run beside exercise3b")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check",
                         help="where gpu_check.md and gpu_check.json go")
-    parser.add_argument("--compile", action="store_true", help="also run exercise3b with --compile")
+    parser.add_argument("--compile", nargs="*", default=None, metavar="SCOPE[:MODE]",
+                        help="also run exercise3b with --compile SCOPE --compile-mode MODE, once per variant, e.g. "
+                             "blocks model:reduce-overhead; --compile alone: model")
+    parser.add_argument("--only-lora", action="store_true",
+                        help="only the exercise3b rows (and --reference): a second call measuring compile variants")
     parser.add_argument("--measure", action="store_true",
                         help="also exercise3_compare --measure on the trained adapters, at --measure-steps")
     parser.add_argument("--measure-steps", type=int, default=10,
                         help="denoising steps of the --measure row (it draws 4 x 132 pictures)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (model, adapters, pictures)")
     args = parser.parse_args()
+    if args.only_lora and args.measure:
+        parser.error("--measure needs the textual inversion that --only-lora leaves out")
+    compiled = [variant.partition(":")[::2] for variant in args.compile or ["model"]] if args.compile is not None else []
+    for scope, mode in compiled:
+        if scope not in ("model", "blocks") or mode not in ("", "default", "reduce-overhead",
+                                                              "max-autotune-no-cudagraphs"):
+            parser.error(f"--compile {scope}:{mode}: SCOPE is model or blocks, MODE one of torch.compile's")
 
     import torch
 
@@ -342,43 +369,46 @@ def main():
                 "--progress-every", args.updates, "--checkpoint-every", args.updates]
     rows = []
 
-    row = run_script("exercise1_generate (release LoRA)", exercise1_generate,
-                     [*generation, "--lora-dir", release_lora, "--output-dir", out / "ex1"], device)
-    check(row, f"{expected_layers} layers, scale 8.0" in row["printed"],
-          f"banner lacks '{expected_layers} layers, scale 8.0'")
-    check(row, len(list((out / "ex1" / "exercise1_variations").glob("*.png"))) == 9, "missing variations")
-    rows.append(row)
+    if not args.only_lora:
+        row = run_script("exercise1_generate (release LoRA)", exercise1_generate,
+                         [*generation, "--lora-dir", release_lora, "--output-dir", out / "ex1"], device)
+        check(row, f"{expected_layers} layers, scale 8.0" in row["printed"],
+              f"banner lacks '{expected_layers} layers, scale 8.0'")
+        check(row, len(list((out / "ex1" / "exercise1_variations").glob("*.png"))) == 9, "missing variations")
+        rows.append(row)
 
-    row = run_script("exercise2_explore (release LoRA)", exercise2_explore,
-                     [*generation, "--lora-dir", release_lora, "--output-dir", out / "ex2"], device)
-    check(row, len(list((out / "ex2").glob("exercise2_*.png"))) == 3, "missing pictures")
-    rows.append(row)
+        row = run_script("exercise2_explore (release LoRA)", exercise2_explore,
+                         [*generation, "--lora-dir", release_lora, "--output-dir", out / "ex2"], device)
+        check(row, len(list((out / "ex2").glob("exercise2_*.png"))) == 3, "missing pictures")
+        rows.append(row)
 
-    row = run_script("generate_dreambooth_morph (release LoRA)", generate_dreambooth_morph,
-                     [*generation, "--lora-dir", release_lora, "--frames", args.frames, "--keyframes", 3,
-                      "--output-dir", out / "morph"], device)
-    check(row, (out / "morph" / "dreambooth_morph.gif").is_file(), "no GIF")
-    if row.get("s_per_image"):
-        row["note"] = f"450 frames: about {450 * row['s_per_image']:.0f} s; "
-    rows.append(row)
+        row = run_script("generate_dreambooth_morph (release LoRA)", generate_dreambooth_morph,
+                         [*generation, "--lora-dir", release_lora, "--frames", args.frames, "--keyframes", 3,
+                          "--output-dir", out / "morph"], device)
+        check(row, (out / "morph" / "dreambooth_morph.gif").is_file(), "no GIF")
+        if row.get("s_per_image"):
+            row["note"] = f"450 frames: about {450 * row['s_per_image']:.0f} s; "
+        rows.append(row)
 
-    # The trainers write where exercise3_compare reads their summaries (train/); the second
-    # exercise3b run, with gradient checkpointing, only measures what checkpointing costs, and
-    # counts where the training loop waits for the GPU (the first run's speed is left unaudited).
-    row = run_script("exercise3a_train_textual_inversion", exercise3a_train_textual_inversion,
-                     [*training, "--adapter-dir", scratch / "ti", "--output-dir", out / "train"], device)
-    check(row, (scratch / "ti" / "learned_embeds.safetensors").is_file(), "no embedding")
-    check(row, (out / "train" / "training_progress_ti" / f"step_{args.updates:05d}.png").is_file(),
-          "no progress grid")
-    trainer_speed(row, out / "train" / "exercise3a_summary.json")
-    rows.append(row)
+        # The trainers write where exercise3_compare reads their summaries (train/); the second
+        # exercise3b run, with gradient checkpointing, only measures what checkpointing costs, and
+        # counts where the training loop waits for the GPU (the first run's speed is left unaudited).
+        row = run_script("exercise3a_train_textual_inversion", exercise3a_train_textual_inversion,
+                         [*training, "--adapter-dir", scratch / "ti", "--output-dir", out / "train"], device)
+        check(row, (scratch / "ti" / "learned_embeds.safetensors").is_file(), "no embedding")
+        check(row, (out / "train" / "training_progress_ti" / f"step_{args.updates:05d}.png").is_file(),
+              "no progress grid")
+        trainer_speed(row, out / "train" / "exercise3a_summary.json")
+        rows.append(row)
 
-    variants = [("exercise3b_train_lora", [], scratch / "lora", out / "train"),
-                ("exercise3b_train_lora --gradient-checkpointing", ["--gradient-checkpointing"],
-                 scratch / "lora_gc", out / "train_gc")]
-    if args.compile:
-        variants.append(("exercise3b_train_lora --compile", ["--compile"], scratch / "lora_compiled",
-                         out / "train_compiled"))
+    variants = [("exercise3b_train_lora", [], scratch / "lora", out / "train")]
+    if not args.only_lora:
+        variants.append(("exercise3b_train_lora --gradient-checkpointing", ["--gradient-checkpointing"],
+                         scratch / "lora_gc", out / "train_gc"))
+    for scope, mode in compiled:
+        extra = ["--compile", scope] + (["--compile-mode", mode] if mode else [])
+        variants.append((f"exercise3b_train_lora {' '.join(extra)}", extra, scratch / f"lora_{scope}_{mode}",
+                         out / f"train_{scope}_{mode}"))
     for name, extra, folder, written in variants:
         audit = "--gradient-checkpointing" in extra
         row = run_script(name, exercise3b_train_lora,
@@ -391,37 +421,42 @@ def main():
         trainer_speed(row, written / "exercise3b_summary.json")
         if audit and device == "cuda":
             row["note"] = sync_note(row["syncs"], args.updates)
+        if "--compile" in extra:
+            row["note"] = compile_note(row, rows_by_name(rows, "exercise3b_train_lora"))
         rows.append(row)
 
-    row = run_script("exercise3_compare (the trained TI and LoRA)", exercise3_compare,
-                     [*generation, "--lora-dir", scratch / "lora", "--ti-file",
-                      scratch / "ti" / "learned_embeds.safetensors", "--output-dir", out / "train"],
-                     device)
-    check(row, (out / "train" / "exercise3_ti_vs_lora.png").is_file(), "no figure")
-    rows.append(row)
-
-    if args.measure:
-        # The adapters trained above, laid out as --adapters-root expects (the checkpointed LoRA
-        # stands in for the one without prior preservation: only time and memory are measured).
-        root = scratch / "measured_adapters"
-        for source, name in (("ti", "fabric_textual_inversion"), ("lora", "fabric_lora"),
-                             ("lora_gc", "fabric_lora_no_prior")):
-            shutil.copytree(scratch / source, root / name, ignore=shutil.ignore_patterns("checkpoint-*"))
-        clip, dino = build_scorers(scratch / "scorers", args.tiny)
-        row = run_script(f"exercise3_compare --measure ({args.measure_steps} steps)", exercise3_compare,
-                         [*generation, "--steps", args.measure_steps, "--measure", "--adapters-root", root,
-                          "--clip-model", clip, "--dino-model", dino, "--output-dir", out / "measure"], device)
-        check(row, (out / "measure" / "exercise3_measured.md").is_file(), "no table")
-        check(row, "DINO" in row["printed"] and "CLIP-T" in row["printed"], "a scorer is missing from the table")
+    if not args.only_lora:
+        row = run_script("exercise3_compare (the trained TI and LoRA)", exercise3_compare,
+                         [*generation, "--lora-dir", scratch / "lora", "--ti-file",
+                          scratch / "ti" / "learned_embeds.safetensors", "--output-dir", out / "train"],
+                         device)
+        check(row, (out / "train" / "exercise3_ti_vs_lora.png").is_file(), "no figure")
         rows.append(row)
+
+        if args.measure:
+            # The adapters trained above, laid out as --adapters-root expects (the checkpointed LoRA
+            # stands in for the one without prior preservation: only time and memory are measured).
+            root = scratch / "measured_adapters"
+            for source, name in (("ti", "fabric_textual_inversion"), ("lora", "fabric_lora"),
+                                 ("lora_gc", "fabric_lora_no_prior")):
+                shutil.copytree(scratch / source, root / name, ignore=shutil.ignore_patterns("checkpoint-*"))
+            clip, dino = build_scorers(scratch / "scorers", args.tiny)
+            row = run_script(f"exercise3_compare --measure ({args.measure_steps} steps)", exercise3_compare,
+                             [*generation, "--steps", args.measure_steps, "--measure", "--adapters-root", root,
+                              "--clip-model", clip, "--dino-model", dino, "--output-dir", out / "measure"], device)
+            check(row, (out / "measure" / "exercise3_measured.md").is_file(), "no table")
+            check(row, "DINO" in row["printed"] and "CLIP-T" in row["printed"], "a scorer is missing from the table")
+            rows.append(row)
 
     if args.reference:
         class_folders = [p for p in (scratch / "classes").iterdir() if p.is_dir()]
         reference = run_reference(args.reference, model, scratch, args.updates, precision, resolution,
                                   class_folders[0])
-        ours = next((r for r in rows if r["script"] == "exercise3b_train_lora"), {})
-        if reference.get("updates_per_s") and ours.get("updates_per_s"):
-            reference["note"] = f"exercise3b is {ours['updates_per_s'] / reference['updates_per_s']:.2f}x this; "
+        if reference.get("updates_per_s"):  # each exercise3b row's speed against it
+            reference["note"] = "".join(
+                f"{row['script'].replace('exercise3b_train_lora', 'exercise3b')} is "
+                f"{row['updates_per_s'] / reference['updates_per_s']:.2f}x this; "
+                for row in rows if row["script"].startswith("exercise3b") and row.get("updates_per_s"))
         rows.append(reference)
 
     report = table(rows)

@@ -1,19 +1,33 @@
-"""Setting up a training run: Accelerate, the optimizer, gradient checkpointing."""
+"""Setting up a training run: Accelerate, compiling, the optimizer, gradient checkpointing."""
+
+import types
 
 import torch
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests swap in a quicker one
 
 
-def make_accelerator(device, mixed_precision, compile_models=False):
+# What --compile compiles of each trained model (torch.compile, inductor): "model", the whole forward
+# as one graph (most fusion, longest compile); "blocks", each block of a list of like blocks on its
+# own, the rest left as it is (regional compilation: SD 1.5's UNet repeats a few kinds of ResNet
+# and transformer blocks, so there is far less to compile, for a little less fusion).
+COMPILE_SCOPES = ["off", "model", "blocks"]
+# --compile-mode, torch.compile's: "reduce-overhead" adds CUDA graphs, which record the update's
+# kernels once and replay them without launching each (CUDA only; elsewhere it compiles as "default").
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+
+
+def make_accelerator(device, mixed_precision, compile_scope="off", compile_mode="default"):
     """(Accelerator, its device, the frozen weights' dtype, the precision name).
 
     'auto' means fp16 on CUDA and full precision elsewhere. Under
     `accelerate launch` the launcher's settings decide the device.
-    `compile_models`: the models given to `accelerator.prepare` are compiled with
-    torch.compile (inductor); the pipeline keeps the uncompiled model for sampling.
+    `compile_scope` (COMPILE_SCOPES) and `compile_mode` (COMPILE_MODES): how the trained models
+    are compiled (give them to `prepare_trained_model`); the pipeline keeps the uncompiled models for
+    sampling.
     """
     from accelerate import Accelerator
+    from accelerate.utils import TorchDynamoPlugin
 
     if mixed_precision == "auto":
         mixed_precision = "fp16" if device.type == "cuda" else "no"
@@ -25,8 +39,9 @@ def make_accelerator(device, mixed_precision, compile_models=False):
 
     if AcceleratorState._shared_state and PartialState().distributed_type == DistributedType.NO:
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
-                              dynamo_backend=COMPILE_BACKEND if compile_models else None)
+    # "blocks" is compiled by `prepare_trained_model`, not by Accelerate (it says why).
+    compiling = TorchDynamoPlugin(backend=COMPILE_BACKEND if compile_scope == "model" else "no", mode=compile_mode)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", dynamo_plugin=compiling)
     if accelerator.device.type == "cpu" and mixed_precision == "fp16" and not accelerator.native_amp:
         # Accelerate turns fp16 mixed precision on only for GPUs and other accelerators: on a CPU it
         # quietly leaves out the autocast and the gradient scaler, and the fp16 models then run
@@ -37,6 +52,48 @@ def make_accelerator(device, mixed_precision, compile_models=False):
         accelerator.scaler = torch.amp.GradScaler("cpu")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     return accelerator, accelerator.device, weight_dtype, mixed_precision
+
+
+def prepare_trained_model(accelerator, model, compile_scope="off", compile_mode="default"):
+    """`accelerator.prepare(model)` for a model that trains, compiled as --compile asks ("model" by
+    Accelerate, set up in make_accelerator; "blocks" here). `model` itself stays uncompiled."""
+    if compile_scope == "blocks":
+        model = compile_repeated_blocks(model, backend=COMPILE_BACKEND, mode=compile_mode)
+    return accelerator.prepare(model)
+
+
+def compile_repeated_blocks(model, **compile_options):
+    """A copy of `model` that shares its weights, in which each block of a ModuleList of like blocks is
+    compiled on its own (torch.compile); everything else runs as it is.
+
+    Accelerate's regional compilation (`compile_regions`) does the same but also compiles every other
+    leaf module in a wrapper, and diffusers' UNet breaks on that wrapper (`if self.conv_norm_out:` asks
+    it for its length). diffusers' `compile_repeated_blocks` compiles in place, so the pipeline would
+    sample with the compiled blocks too, compiling again for every new shape of the progress grids.
+    """
+    # Like blocks share their code, and torch.compile keeps one compiled version per shape of it:
+    # SD 1.5's UNet calls its ResNet block with 12 shapes (27 graphs in all), past the default limit of 8
+    # (beyond which the rest would run uncompiled). Each shape is compiled as it is (dynamic=False):
+    # with shapes left symbolic, inductor failed on this UNet's blocks (torch 2.13).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    compile_options = {"dynamic": False, **compile_options}
+    lists = {id(child) for child in model.modules() if isinstance(child, torch.nn.ModuleList) and len(child) > 0
+             and all(type(block) is type(child[0]) for block in child)}
+
+    def copy_with_compiled_blocks(module):
+        if id(module) in lists:
+            return torch.nn.ModuleList(torch.compile(block, **compile_options) for block in module)
+        if not any(id(inner) in lists for inner in module.modules()):
+            return module  # nothing to compile below it: shared as it is
+        copy = module.__class__.__new__(module.__class__)
+        copy.__dict__.update(module.__dict__)  # the same parameters, buffers and settings
+        for name, value in module.__dict__.items():  # methods bound to the module, bound to the copy instead
+            if getattr(value, "__self__", None) is module:
+                copy.__dict__[name] = types.MethodType(value.__func__, copy)
+        copy._modules = {name: copy_with_compiled_blocks(child) for name, child in module.named_children()}
+        return copy
+
+    return copy_with_compiled_blocks(model)
 
 
 # Gradient checkpointing recomputes activations in the backward pass instead of

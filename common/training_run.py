@@ -252,6 +252,10 @@ class TrainingRun:
         self.bar = None
         self.stop_requested, self.stopped_after_update, self.sigint_handler = False, False, None
         self.last_checkpoint = None  # the update the latest checkpoint holds
+        # CUDA graphs (--compile-mode reduce-overhead) replay into the same memory every time: each update
+        # is told apart, so the next one may overwrite the outputs of this one, which are used up by then.
+        self.cuda_graphs = getattr(args, "compile", "off") != "off" and getattr(args, "compile_mode", None) == \
+            "reduce-overhead"
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -281,6 +285,8 @@ class TrainingRun:
 
     def record(self, **losses):
         """After an update: its losses (tensors, read later); then a checkpoint and a progress grid when due."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         if self.losses.add(**losses) or self.losses.updates == self.first_update + 1:
             self.losses.flush()  # after the first update too: its time (warm-up, compiling) is reported apart
             self.bar.set_postfix(loss=f"{self.losses.smoothed:.4f}")

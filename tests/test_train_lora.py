@@ -366,26 +366,35 @@ def test_gradient_checkpointing_flag_trains_the_same_adapter(tiny_pipeline_dir, 
 
 
 def test_compiled_training_saves_the_same_kind_of_adapter(tiny_pipeline_dir, instance_dir, tmp_path, monkeypatch):
-    """--compile trains through torch.compile's wrapper; the adapter's names, the first loss (same weights,
-    same draws) and the progress grid drawn with the uncompiled pipeline are as without it. The test compiles
-    with aot_eager, which traces like inductor without generating C++ (inductor takes a minute here)."""
+    """--compile trains through torch.compile's wrappers, of whole models or of their repeated blocks; the
+    adapter's names, the first loss (same weights, same draws) and the progress grid drawn with the uncompiled
+    pipeline are as without it. The test compiles with aot_eager, which traces like inductor without generating
+    C++ (inductor takes a minute here; it ignores the mode, so reduce-overhead only runs its bookkeeping)."""
     import common.training
     from safetensors.torch import load_file
+    from torch._dynamo.utils import counters
 
     monkeypatch.setattr(common.training, "COMPILE_BACKEND", "aot_eager")
-    runs = {}
-    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+    runs, graphs = {}, {}
+    for name, extra in (("eager", []), ("model", ["--compile"]),
+                        ("blocks", ["--compile", "blocks", "--compile-mode", "reduce-overhead"])):
+        torch._dynamo.reset()
+        counters.clear()
         # the text encoder trains too (micro's default): Accelerate compiles it as well
         assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path / name, "--max-train-steps", 2,
                                             "--progress-every", 2, "--train-text-encoder", *extra)) == 0
+        graphs[name] = counters["stats"]["unique_graphs"]
         state = json.loads((tmp_path / name / "lora" / "checkpoint-2" / "training_state.json").read_text())
         runs[name] = ({**load_file(str(tmp_path / name / "lora" / "adapter_model.safetensors")),
                        **{"text_encoder." + key: value for key, value in load_file(
                            str(tmp_path / name / "lora" / "text_encoder" / "adapter_model.safetensors")).items()}},
                       state["history"])
         assert (tmp_path / name / "out" / "training_progress_lora" / "step_00002.png").is_file()
-    (eager, eager_history), (compiled, compiled_history) = runs["eager"], runs["compiled"]
-    assert set(compiled) == set(eager) and not any("_orig_mod" in key for key in compiled)
-    assert compiled_history["total"][0] == pytest.approx(eager_history["total"][0], rel=1e-4)
-    summary = json.loads((tmp_path / "compiled" / "out" / "exercise3b_summary.json").read_text())
-    assert summary["compiled"] is True
+        summary = json.loads((tmp_path / name / "out" / "exercise3b_summary.json").read_text())
+        assert summary["compile"] == ("off" if name == "eager" else name)
+    eager, eager_history = runs.pop("eager")
+    for compiled, compiled_history in runs.values():
+        assert set(compiled) == set(eager) and not any("_orig_mod" in key for key in compiled)
+        assert compiled_history["total"][0] == pytest.approx(eager_history["total"][0], rel=1e-4)
+    # nothing compiled without --compile; blocks: many small graphs, one per kind of block and shape
+    assert graphs["eager"] == 0 and 0 < graphs["model"] < graphs["blocks"], graphs
