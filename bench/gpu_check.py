@@ -179,6 +179,29 @@ def host_syncs(enabled):
                           if "synchroniz" in str(w.message))
 
 
+@contextlib.contextmanager
+def cold_compile(folder):
+    """Compile as a student's first run does: nothing compiled in this process yet (earlier rows compiled
+    the same blocks), and empty on-disk caches of inductor's graphs and Triton's kernels (a second run of
+    the same command on the same machine reads them back and compiles far quicker)."""
+    import os
+
+    import torch
+
+    torch._dynamo.reset()
+    saved = {name: os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    for name in saved:
+        os.environ[name] = str(folder / name.lower())
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def sync_note(counts, updates):
     """The note for a trainer audited with host_syncs: how many waits, and the places waited at most.
     A place hit about once per update (or more) is in the training loop; the class images, progress
@@ -411,9 +434,11 @@ def main():
                          out / f"train_{scope}_{mode}"))
     for name, extra, folder, written in variants:
         audit = "--gradient-checkpointing" in extra
-        row = run_script(name, exercise3b_train_lora,
-                         [*training, *extra, "--num-class-images", 4, "--class-dir", scratch / "classes",
-                          "--adapter-dir", folder, "--output-dir", written], device, audit_syncs=audit)
+        with cold_compile(folder.with_name(folder.name + "_caches")) if "--compile" in extra else \
+                contextlib.nullcontext():
+            row = run_script(name, exercise3b_train_lora,
+                             [*training, *extra, "--num-class-images", 4, "--class-dir", scratch / "classes",
+                              "--adapter-dir", folder, "--output-dir", written], device, audit_syncs=audit)
         check(row, (folder / "adapter_model.safetensors").is_file(), "no adapter")
         check(row, (folder / f"checkpoint-{args.updates}" / "training_state.json").is_file(), "no checkpoint")
         check(row, (written / "training_progress_lora" / f"step_{args.updates:05d}.png").is_file(),

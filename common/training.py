@@ -72,9 +72,9 @@ def compile_repeated_blocks(model, **compile_options):
     sample with the compiled blocks too, compiling again for every new shape of the progress grids.
     """
     # Like blocks share their code, and torch.compile keeps one compiled version per shape of it:
-    # SD 1.5's UNet calls its ResNet block with 12 shapes (27 graphs in all), past the default limit of 8
-    # (beyond which the rest would run uncompiled). Each shape is compiled as it is (dynamic=False):
-    # with shapes left symbolic, inductor failed on this UNet's blocks (torch 2.13).
+    # SD 1.5's UNet calls its ResNet block with more shapes than the default limit of 8, beyond which
+    # the rest would run uncompiled. Each shape is compiled as it is (dynamic=False): with shapes left
+    # symbolic, inductor failed on this UNet's blocks (torch 2.13, "cannot determine truth value").
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     compile_options = {"dynamic": False, **compile_options}
     lists = {id(child) for child in model.modules() if isinstance(child, torch.nn.ModuleList) and len(child) > 0
