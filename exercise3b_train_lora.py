@@ -138,6 +138,8 @@ def parse_args(argv=None):
                        help="torch.compile's mode with --compile; reduce-overhead adds CUDA graphs, which replay "
                             "an update's kernels without launching each")
     args = parser.parse_args(argv)
+    if args.compile_mode != "default" and args.compile == "off":
+        parser.error(f"--compile-mode {args.compile_mode} needs --compile")
     if args.identifier not in args.instance_prompt.split():
         parser.error(f"--identifier {args.identifier!r} is not a word of --instance-prompt {args.instance_prompt!r}")
     if args.prior_preservation and args.num_class_images < len(args.class_prompt):
@@ -268,6 +270,12 @@ def main(argv=None):
                                                            images_per_update, args.resolution, weight_dtype)
     if gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
+        if args.compile == "blocks" and args.compile_mode == "reduce-overhead":
+            # Each ResNet block is then checkpointed as a whole, around its compiled graph, and CUDA graphs
+            # recorded inside a checkpoint fail (PyTorch issue 154306); the blocks compile without them.
+            print("note: --gradient-checkpointing with --compile blocks: compiling without CUDA graphs "
+                  "(--compile-mode default)")
+            args.compile_mode = "default"
     optimizer = adamw(parameter_groups, device, lr=args.learning_rate, weight_decay=1e-2)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

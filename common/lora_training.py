@@ -53,8 +53,10 @@ def compute_lora_in_autocast_precision(models):
     models that run without autocast. Under autocast that cast is wasted: the fp16/bf16 activation is
     copied to fp32, then autocast copies it back to half precision for the matmul, and the backward
     pass copies its gradient twice again. The round trip half -> fp32 -> half is exact, so skipping it
-    changes no number, and it leaves out four activation-sized copies per layer and update (SD 1.5's
-    UNet has 128 LoRA layers: about a tenth of the kernels an update launches; docs/performance.md).
+    changes no number (for contiguous inputs, as diffusers' attention gives; on a strided one the
+    matmul might pick another kernel), and it leaves out up to four activation-sized copies per layer
+    and update (SD 1.5's UNet has 128 LoRA layers: about a tenth of the kernels an update launches;
+    docs/performance.md).
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -39,8 +39,11 @@ def make_accelerator(device, mixed_precision, compile_scope="off", compile_mode=
 
     if AcceleratorState._shared_state and PartialState().distributed_type == DistributedType.NO:
         AcceleratorState._reset_state()
-    # "blocks" is compiled by `prepare_trained_model`, not by Accelerate (it says why).
-    compiling = TorchDynamoPlugin(backend=COMPILE_BACKEND if compile_scope == "model" else "no", mode=compile_mode)
+    # "blocks" is compiled by `prepare_trained_model`, not by Accelerate (it says why), and never Accelerate's
+    # regional compilation, whatever `accelerate config` says. Without --compile, `accelerate launch`'s
+    # dynamo settings (if any) apply, as Accelerate's default.
+    compiling = TorchDynamoPlugin(backend={"model": COMPILE_BACKEND, "blocks": "no"}.get(compile_scope),
+                                  mode=compile_mode, use_regional_compilation=False)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", dynamo_plugin=compiling)
     if accelerator.device.type == "cpu" and mixed_precision == "fp16" and not accelerator.native_amp:
         # Accelerate turns fp16 mixed precision on only for GPUs and other accelerators: on a CPU it
@@ -75,7 +78,7 @@ def compile_repeated_blocks(model, **compile_options):
     # SD 1.5's UNet calls its ResNet block with more shapes than the default limit of 8, beyond which
     # the rest would run uncompiled. Each shape is compiled as it is (dynamic=False): with shapes left
     # symbolic, inductor failed on this UNet's blocks (torch 2.13, "cannot determine truth value").
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # for this process
     compile_options = {"dynamic": False, **compile_options}
     lists = {id(child) for child in model.modules() if isinstance(child, torch.nn.ModuleList) and len(child) > 0
              and all(type(block) is type(child[0]) for block in child)}
@@ -90,7 +93,9 @@ def compile_repeated_blocks(model, **compile_options):
         for name, value in module.__dict__.items():  # methods bound to the module, bound to the copy instead
             if getattr(value, "__self__", None) is module:
                 copy.__dict__[name] = types.MethodType(value.__func__, copy)
-        copy._modules = {name: copy_with_compiled_blocks(child) for name, child in module.named_children()}
+        # (hooks live in dicts the copy shares with the module: one added to either would run in both)
+        copy._modules = {name: child if child is None else copy_with_compiled_blocks(child)
+                         for name, child in module._modules.items()}
         return copy
 
     return copy_with_compiled_blocks(model)
