@@ -326,6 +326,30 @@ def table(rows):
     return "\n".join(lines)
 
 
+class Report:
+    """The table, written to gpu_check.md / .json after every row: a call that runs out of time keeps
+    what was measured before it."""
+
+    def __init__(self, folder, heading):
+        self.folder, self.heading, self.rows = folder, heading, []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row):
+        self.rows.append(row)
+        self.write(f"{self.heading}; so far, {len(self.rows)} rows")
+
+    def finish(self, seconds):
+        heading = f"{self.heading}; total {seconds:.0f} s"
+        print(f"\n{heading}\n\n{table(self.rows)}")
+        self.write(heading)
+
+    def write(self, heading):
+        (self.folder / "gpu_check.md").write_text(f"{heading}\n\n{table(self.rows)}\n")
+        (self.folder / "gpu_check.json").write_text(json.dumps(
+            {"heading": heading, "rows": [{k: v for k, v in r.items() if k != "printed"} for r in self.rows]},
+            indent=2))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -393,7 +417,12 @@ def main():
     generation = [*common, "--precision", precision]
     training = [*common, "--mixed-precision", precision, "--max-train-steps", args.updates,
                 "--progress-every", args.updates, "--checkpoint-every", args.updates]
-    rows = []
+    heading = (f"{time.strftime('%Y-%m-%d')}, {device} ({gpu}), torch {torch.__version__}, {precision}, "
+               f"{resolution} px, {'tiny model' if args.tiny else 'SD 1.5 layout (random weights)'}, "
+               f"{steps} denoising steps, {args.updates} updates per training run, "
+               f"`python {' '.join(sys.argv)}`")
+    report = Report(args.out, heading)
+    rows = report.rows
 
     if not args.only_lora:
         row = run_script("exercise1_generate (release LoRA)", exercise1_generate,
@@ -401,12 +430,12 @@ def main():
         check(row, f"{expected_layers} layers, scale 8.0" in row["printed"],
               f"banner lacks '{expected_layers} layers, scale 8.0'")
         check(row, len(list((out / "ex1" / "exercise1_variations").glob("*.png"))) == 9, "missing variations")
-        rows.append(row)
+        report.add(row)
 
         row = run_script("exercise2_explore (release LoRA)", exercise2_explore,
                          [*generation, "--lora-dir", release_lora, "--output-dir", out / "ex2"], device)
         check(row, len(list((out / "ex2").glob("exercise2_*.png"))) == 3, "missing pictures")
-        rows.append(row)
+        report.add(row)
 
         row = run_script("generate_dreambooth_morph (release LoRA)", generate_dreambooth_morph,
                          [*generation, "--lora-dir", release_lora, "--frames", args.frames, "--keyframes", 3,
@@ -414,7 +443,7 @@ def main():
         check(row, (out / "morph" / "dreambooth_morph.gif").is_file(), "no GIF")
         if row.get("s_per_image"):
             row["note"] = f"450 frames: about {450 * row['s_per_image']:.0f} s; "
-        rows.append(row)
+        report.add(row)
 
         # The trainers write where exercise3_compare reads their summaries (train/); the second
         # exercise3b run, with gradient checkpointing, only measures what checkpointing costs, and
@@ -425,17 +454,10 @@ def main():
         check(row, (out / "train" / "training_progress_ti" / f"step_{args.updates:05d}.png").is_file(),
               "no progress grid")
         trainer_speed(row, out / "train" / "exercise3a_summary.json")
-        rows.append(row)
+        report.add(row)
 
-    variants = [("exercise3b_train_lora", [], scratch / "lora", out / "train")]
-    if not args.only_lora:
-        variants.append(("exercise3b_train_lora --gradient-checkpointing", ["--gradient-checkpointing"],
-                         scratch / "lora_gc", out / "train_gc"))
-    for scope, mode in compiled:
-        extra = ["--compile", scope] + (["--compile-mode", mode] if mode else [])
-        variants.append((f"exercise3b_train_lora {' '.join(extra)}", extra, scratch / f"lora_{scope}_{mode}",
-                         out / f"train_{scope}_{mode}"))
-    for name, extra, folder, written in variants:
+    def train_lora(name, extra, folder, written):
+        """One exercise3b row: trained as a student would, its outputs checked, its speed read."""
         audit = "--gradient-checkpointing" in extra
         with cold_compile(folder.with_name(folder.name + "_caches")) if "--compile" in extra else \
                 contextlib.nullcontext():
@@ -449,17 +471,18 @@ def main():
         trainer_speed(row, written / "exercise3b_summary.json")
         if audit and device == "cuda":
             row["note"] = sync_note(row["syncs"], args.updates)
-        if "--compile" in extra:
-            row["note"] = compile_note(row, rows_by_name(rows, "exercise3b_train_lora"))
-        rows.append(row)
+        return row
 
+    report.add(train_lora("exercise3b_train_lora", [], scratch / "lora", out / "train"))
     if not args.only_lora:
+        report.add(train_lora("exercise3b_train_lora --gradient-checkpointing", ["--gradient-checkpointing"],
+                              scratch / "lora_gc", out / "train_gc"))
         row = run_script("exercise3_compare (the trained TI and LoRA)", exercise3_compare,
                          [*generation, "--lora-dir", scratch / "lora", "--ti-file",
                           scratch / "ti" / "learned_embeds.safetensors", "--output-dir", out / "train"],
                          device)
         check(row, (out / "train" / "exercise3_ti_vs_lora.png").is_file(), "no figure")
-        rows.append(row)
+        report.add(row)
 
         if args.measure:
             # The adapters trained above, laid out as --adapters-root expects (the checkpointed LoRA
@@ -474,7 +497,7 @@ def main():
                               "--clip-model", clip, "--dino-model", dino, "--output-dir", out / "measure"], device)
             check(row, (out / "measure" / "exercise3_measured.md").is_file(), "no table")
             check(row, "DINO" in row["printed"] and "CLIP-T" in row["printed"], "a scorer is missing from the table")
-            rows.append(row)
+            report.add(row)
 
     if args.reference:
         class_folders = [p for p in (scratch / "classes").iterdir() if p.is_dir()]
@@ -485,21 +508,24 @@ def main():
                 f"{row['script'].replace('exercise3b_train_lora', 'exercise3b')} is "
                 f"{row['updates_per_s'] / reference['updates_per_s']:.2f}x this; "
                 for row in rows if row["script"].startswith("exercise3b") and row.get("updates_per_s"))
-        rows.append(reference)
+        report.add(reference)
 
-    report = table(rows)
-    heading = (f"{time.strftime('%Y-%m-%d')}, {device} ({gpu}), torch {torch.__version__}, {precision}, "
-               f"{resolution} px, {'tiny model' if args.tiny else 'SD 1.5 layout (random weights)'}, "
-               f"{steps} denoising steps, {args.updates} updates per training run, "
-               f"`python {' '.join(sys.argv)}`; total {time.perf_counter() - started:.0f} s")
-    print(f"\n{heading}\n\n{report}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.md").write_text(f"{heading}\n\n{report}\n")
-    (args.out / "gpu_check.json").write_text(json.dumps(
-        {"heading": heading, "rows": [{k: v for k, v in r.items() if k != "printed"} for r in rows]}, indent=2))
+    # The compile variants last: each compiles for a minute or more, and a call that runs out of time
+    # keeps every row written before it (the table is rewritten after each row).
+    reference = rows_by_name(rows, "diffusers train_dreambooth_lora.py (reference)")
+    for scope, mode in compiled:
+        extra = ["--compile", scope] + (["--compile-mode", mode] if mode else [])
+        row = train_lora(f"exercise3b_train_lora {' '.join(extra)}", extra, scratch / f"lora_{scope}_{mode}",
+                         out / f"train_{scope}_{mode}")
+        row["note"] = compile_note(row, rows_by_name(rows, "exercise3b_train_lora"))
+        if reference.get("updates_per_s") and row.get("updates_per_s"):
+            row["note"] += f"{row['updates_per_s'] / reference['updates_per_s']:.2f}x the reference; "
+        report.add(row)
+
+    report.finish(time.perf_counter() - started)
     if not args.keep:
         shutil.rmtree(scratch, ignore_errors=True)
-    sys.exit(0 if all(row["ok"] for row in rows) else 1)
+    sys.exit(0 if all(row["ok"] for row in report.rows) else 1)
 
 
 if __name__ == "__main__":
