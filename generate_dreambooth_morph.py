@@ -26,6 +26,8 @@ Run it
     python generate_dreambooth_morph.py --frames 40 --keyframes 4    # a quick preview
 """
 
+import os
+
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -35,7 +37,7 @@ from common.errors import run_script
 from common.generation import generate, seeded_generator
 from common.grids import enlarged
 from common.pipeline import load_personalized_pipeline, subject_token
-from common.saving import save_gif
+from common.saving import GifFrames, save_gif
 from common.slerp import slerp
 
 # ---------------------------------------------------------------------------
@@ -100,19 +102,28 @@ def main(argv=None):
     # The seeds are unused here: the latents are the starting noise.
     # -----------------------------------------------------------------------
     latents = loop_latents(keyframes, args.frames).to(pipe.unet.dtype)
-    frames = generate(pipe, [prompt] * args.frames, [0] * args.frames, latents=latents, steps=args.steps,
-                      resolution=args.resolution, guidance=args.guidance, negative_prompt=args.negative_prompt,
-                      batch_size=args.batch_size, desc="morph frames")
-
-    # -----------------------------------------------------------------------
-    # Step 3: write the GIF, looping forever.
-    # -----------------------------------------------------------------------
-    delay = gif_delay(args.fps)
-    if abs(100 / delay - args.fps) > 1e-6:
-        print(f"note: GIF stores delays in whole 1/100 s, so {args.fps:g} fps is written as {delay} cs per frame "
-              f"= {100 / delay:.1f} fps; the loop plays in {args.frames * delay / 100:.1f} s")
+    # Each frame becomes a GIF frame (256 colours of its own; the slow part of writing a GIF) in
+    # worker threads. On a GPU that happens while the GPU draws the next batch; on a CPU only once
+    # drawing is done, since threads competing with torch's for the cores can slow it badly
+    # (docs/performance.md, Threads).
     # Small frames (micro's 64 px) are enlarged to 256 px, nearest-neighbour, so the GIF can be watched.
-    path = save_gif([enlarged(frame) for frame in frames], args.output_dir / "dreambooth_morph.gif", delay)
+    on_gpu = pipe.device.type == "cuda"
+    workers = max(1, os.cpu_count() - 1) if on_gpu else os.cpu_count()  # on a GPU one core keeps feeding it
+    with GifFrames(prepare=enlarged, workers=workers) as gif_frames:
+        frames = generate(pipe, [prompt] * args.frames, [0] * args.frames, latents=latents, steps=args.steps,
+                          resolution=args.resolution, guidance=args.guidance, negative_prompt=args.negative_prompt,
+                          batch_size=args.batch_size, desc="morph frames", on_batch=gif_frames.add if on_gpu else None)
+        if not on_gpu:
+            gif_frames.add(frames)
+
+        # -------------------------------------------------------------------
+        # Step 3: write the GIF, looping forever.
+        # -------------------------------------------------------------------
+        delay = gif_delay(args.fps)
+        if abs(100 / delay - args.fps) > 1e-6:
+            print(f"note: GIF stores delays in whole 1/100 s, so {args.fps:g} fps is written as {delay} cs per "
+                  f"frame = {100 / delay:.1f} fps; the loop plays in {args.frames * delay / 100:.1f} s")
+        path = save_gif(gif_frames.frames(), args.output_dir / "dreambooth_morph.gif", delay)
     print(f"wrote {path}: {args.frames} frames, {args.keyframes} keyframes, '{prompt}'")
 
 

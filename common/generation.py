@@ -17,11 +17,12 @@ def seeded_generator(seed):
 
 
 def generate(pipe, prompts, seeds, *, steps, resolution, guidance, negative_prompt=None, batch_size=1,
-             latents=None, desc="images"):
+             latents=None, desc="images", on_batch=None):
     """One image per (prompt, seed, guidance); `guidance` may be one number or one per image.
 
     `latents` (optional, one per image) replaces the seeded starting noise, as
-    the morph does with interpolated noise.
+    the morph does with interpolated noise. `on_batch(images)` is called with
+    each batch's images as soon as they are drawn.
     """
     count = len(prompts)
     guidances = list(guidance) if isinstance(guidance, (list, tuple)) else [guidance] * count
@@ -47,6 +48,8 @@ def generate(pipe, prompts, seeds, *, steps, resolution, guidance, negative_prom
                 latents=None if latents is None else latents[batch],
             )
             images.extend(result.images)
+            if on_batch is not None:
+                on_batch(result.images)
             bar.update(stop - start)
             start = stop
     return images

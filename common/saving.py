@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from common.errors import UserError
 
 
@@ -45,15 +47,46 @@ def save_figure(figure, path, dpi=100):
     return Path(path)
 
 
-def save_gif(frames, path, centiseconds_per_frame):
-    """An endlessly looping GIF; GIF stores delays in whole 1/100 s."""
-    import imageio.v3 as iio
-    import numpy as np
+def gif_frame(image):
+    """`image` as a GIF frame: 256 colours of its own (Pillow's adaptive palette, what it picks when given
+    an RGB frame). Picking them is most of the time a GIF takes to write; Pillow lets other threads run
+    meanwhile, so frames can be made in threads (GifFrames)."""
+    return image.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
 
-    stack = np.stack([np.asarray(frame.convert("RGB")) for frame in frames])
-    # duration is in milliseconds; loop=0 means forever.
-    return atomic_write(path, lambda temp: iio.imwrite(temp, stack, extension=".gif",
-                                                       duration=centiseconds_per_frame * 10, loop=0))
+
+class GifFrames:
+    """GIF frames made in worker threads while the caller goes on (the morph: while the GPU draws the
+    next batch). `add(images)` as they come; `frames()` waits for all, in the order added.
+    `prepare(image)` runs first in the worker (the morph enlarges micro's small frames); `workers`
+    threads, one per CPU core unless told."""
+
+    def __init__(self, prepare=None, workers=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.prepare = prepare or (lambda image: image)
+        self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+        self.pending = []
+
+    def add(self, images):
+        self.pending.extend(self.pool.submit(lambda image: gif_frame(self.prepare(image)), image) for image in images)
+
+    def frames(self):
+        return [future.result() for future in self.pending]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *error):
+        self.pool.shutdown(cancel_futures=True)
+
+
+def save_gif(frames, path, centiseconds_per_frame):
+    """An endlessly looping GIF of PIL images (made by gif_frame, or any others); GIF stores delays in
+    whole 1/100 s. Written with Pillow, as imageio would, but from frames already made: imageio takes
+    RGB arrays and picks every frame's colours one after another as it writes."""
+    frames = [frame if frame.mode == "P" else gif_frame(frame) for frame in frames]
+    return atomic_write(path, lambda temp: frames[0].save(temp, format="GIF", save_all=True, append_images=frames[1:],
+                                                         duration=centiseconds_per_frame * 10, loop=0))
 
 
 def save_text(text, path):
