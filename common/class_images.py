@@ -42,9 +42,15 @@ def _usable(path, resolution):
         return False
 
 
-def ensure_class_images(pipe, folder, prompt, count, resolution, *, steps, guidance, batch_size=4, seed=0):
-    """`count` class images in `folder`, drawing only the missing or unusable ones; returns them as PIL images."""
+# Images drawn together: 16 on a GPU, which larger batches keep busy (as the morph's), 4 elsewhere.
+BATCH_SIZE = {"cuda": 16, "other": 4}
+
+
+def ensure_class_images(pipe, folder, prompt, count, resolution, *, steps, guidance, batch_size=None, seed=0):
+    """`count` class images in `folder`, drawing only the missing or unusable ones; returns them as PIL images.
+    Each image depends on its seed only, not on its batch (common/generation.py)."""
     folder = Path(folder)
+    batch_size = batch_size or BATCH_SIZE["cuda" if pipe.device.type == "cuda" else "other"]
     paths = [folder / f"class_{index:04d}.png" for index in range(count)]
     missing = [index for index, path in enumerate(paths) if not _usable(path, resolution)]
     if missing:
@@ -69,6 +75,6 @@ def class_images_for_prompts(pipe, folder_of, prompts, count, resolution, *, ste
     images, captions = [], []
     for prompt, share in zip(prompts, shares(count, len(prompts))):
         images += ensure_class_images(pipe, folder_of(prompt), prompt, share, resolution, steps=steps,
-                                      guidance=guidance, batch_size=4)
+                                      guidance=guidance)
         captions += [prompt] * share
     return images, captions
