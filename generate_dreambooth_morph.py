@@ -108,7 +108,8 @@ def main(argv=None):
     # (docs/performance.md, Threads).
     # Small frames (micro's 64 px) are enlarged to 256 px, nearest-neighbour, so the GIF can be watched.
     on_gpu = pipe.device.type == "cuda"
-    workers = max(1, os.cpu_count() - 1) if on_gpu else os.cpu_count()  # on a GPU one core keeps feeding it
+    cores = os.cpu_count() or 1
+    workers = max(1, cores - 1) if on_gpu else cores  # on a GPU one core is left to keep feeding it
     with GifFrames(prepare=enlarged, workers=workers) as gif_frames:
         frames = generate(pipe, [prompt] * args.frames, [0] * args.frames, latents=latents, steps=args.steps,
                           resolution=args.resolution, guidance=args.guidance, negative_prompt=args.negative_prompt,

@@ -55,8 +55,7 @@ def compute_lora_in_autocast_precision(models):
     pass copies its gradient twice again. The round trip half -> fp32 -> half is exact, so skipping it
     changes no number (for contiguous inputs, as diffusers' attention gives; on a strided one the
     matmul might pick another kernel), and it leaves out up to four activation-sized copies per layer
-    and update (SD 1.5's UNet has 128 LoRA layers: about a tenth of the kernels an update launches;
-    docs/performance.md).
+    and update (docs/performance.md counts the kernels an update launches with and without them).
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -10,7 +10,7 @@ COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests swap in a qui
 # What --compile compiles of each trained model (torch.compile, inductor): "model", the whole forward
 # as one graph (most fusion, longest compile); "blocks", each block of a list of like blocks on its
 # own, the rest left as it is (regional compilation: SD 1.5's UNet repeats a few kinds of ResNet
-# and transformer blocks, so there is far less to compile, for a little less fusion).
+# and transformer blocks, so there is less to compile, for a little less fusion).
 COMPILE_SCOPES = ["off", "model", "blocks"]
 # --compile-mode, torch.compile's: "reduce-overhead" adds CUDA graphs, which record the update's
 # kernels once and replay them without launching each (CUDA only; elsewhere it compiles as "default").
