@@ -375,6 +375,9 @@ def main():
                         help="also exercise3_compare --measure on the trained adapters, at --measure-steps")
     parser.add_argument("--measure-steps", type=int, default=10,
                         help="denoising steps of the --measure row (it draws 4 x 132 pictures)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="where SD 1.5's layout is built, to be reused by the next call on the same machine "
+                             "(default: the scratch folder)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (model, adapters, pictures)")
     args = parser.parse_args()
     if args.only_lora and args.measure:
@@ -403,7 +406,12 @@ def main():
         sizes, release_lora = build_tiny(model, scratch)
         resolution, expected_layers, steps = args.resolution or 32, 32, args.steps or 4
     else:
-        sizes = build_sd15_layout(model, torch.float16)
+        model = args.model_dir or model
+        if (model / "sizes.json").is_file():  # built by an earlier call
+            sizes = json.loads((model / "sizes.json").read_text())
+        else:
+            sizes = build_sd15_layout(model, torch.float16)
+            (model / "sizes.json").write_text(json.dumps(sizes))
         release_lora = args.release / "fabric_lora"
         resolution, expected_layers, steps = args.resolution or 512, 128, args.steps or 30
     build_seconds = time.perf_counter() - started
