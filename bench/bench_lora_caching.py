@@ -39,11 +39,9 @@ def measure(args):
     device, dtype = pick_device(args.device)
     pipe = load_pipeline(args.base_model, device, dtype)
     if args.sd15_layout:  # SD 1.5's exact UNet, random weights (weights do not change the speed)
-        from diffusers import UNet2DConditionModel
+        from tests.helpers import sd15_unet
 
-        pipe.unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                                         cross_attention_dim=pipe.text_encoder.config.hidden_size,
-                                         attention_head_dim=8).to(device, dtype)
+        pipe.unet = sd15_unet(cross_attention_dim=pipe.text_encoder.config.hidden_size).to(device, dtype)
     images = [Image.new("RGB", (args.resolution, args.resolution), (i * 20, 100, 200 - i * 20)) for i in range(10)]
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)

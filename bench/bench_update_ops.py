@@ -34,15 +34,11 @@ VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "slice",
 
 def build_unet(tiny):
     import torch
-    from diffusers import UNet2DConditionModel
 
-    from tests.helpers import tiny_unet
+    from tests.helpers import sd15_unet, tiny_unet
 
     torch.manual_seed(0)
-    if tiny:
-        return tiny_unet()
-    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    return tiny_unet() if tiny else sd15_unet()
 
 
 def count_update(unet, trainable, inputs, dtype):

@@ -56,12 +56,13 @@ def build_sd15_layout(folder, dtype):
     random weights. The tokenizer is the micro model's (SD 1.5's vocabulary files are a download);
     token ids only index the embedding table, so speed and memory are unchanged."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast
 
+    from tests.helpers import sd15_unet
+
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    unet = sd15_unet()
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4)
@@ -518,7 +519,7 @@ def main():
                 for row in rows if row["script"].startswith("exercise3b") and row.get("updates_per_s"))
         report.add(reference)
 
-    # The compile variants last: each compiles for a minute or more, and a call that runs out of time
+    # The compile variants last: each compiles first, and a call that runs out of time
     # keeps every row written before it (the table is rewritten after each row).
     reference = rows_by_name(rows, "diffusers train_dreambooth_lora.py (reference)")
     for scope, mode in compiled:

@@ -74,6 +74,15 @@ def write_tiny_tokenizer(folder):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
+def sd15_unet(cross_attention_dim=768):
+    """Stable Diffusion 1.5's UNet architecture (860M weights), random: the real one's speed and memory
+    (for bench/; too slow for the tests)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+
+
 def tiny_unet(cross_attention_dim=TINY_TEXT_WIDTH, seed=0):
     from diffusers import UNet2DConditionModel
 
