@@ -46,7 +46,7 @@ from common.grids import labelled_grid
 from common.base_model import resolve_base
 from common.pipeline import load_pipeline, print_banner
 from common.prompts import COMPARE_CONTEXTS as CONTEXTS, IDENTIFIER, SUBJECT_CLASS
-from common.saving import save_figure
+from common.saving import check_writable, save_figure
 
 
 def parse_args(argv=None):
@@ -245,6 +245,7 @@ def main(argv=None):
     device, dtype = pick_device(args.device, args.precision, args.threads)
     resolve_batch_size(args, device)
     base, where = resolve_base(args, device, role="trained_lora")
+    check_writable(args.output_dir, "--output-dir")
     if args.measure:
         args.base_model = base
         return measure(args, device, dtype, where)

@@ -120,7 +120,7 @@ def main(argv=None):
     device, _ = pick_device(args.device, threads=args.threads)
     args.base_model, where = resolve_base(args, device, role="trained_ti")
     resolve_training_defaults(args)  # what each "auto" flag means for this base
-    images = load_training_images(args.instance_dir, args.resolution)
+    images = load_training_images(args.instance_dir, args.resolution, alpha_background=args.alpha_background)
     settings = fingerprint(args, RESUME_SETTINGS, num_instance_images=len(images))
     checkpoint = prepare_run(args, settings, [EMBEDDING_FILE])
 

@@ -197,7 +197,7 @@ def main(argv=None):
     device, _ = pick_device(args.device, threads=args.threads)
     args.base_model, where = resolve_base(args, device, role="trained_lora")
     resolve_training_defaults(args)  # what each "auto" flag means for this base
-    instance_images = load_training_images(args.instance_dir, args.resolution)
+    instance_images = load_training_images(args.instance_dir, args.resolution, alpha_background=args.alpha_background)
     settings = fingerprint(args, RESUME_SETTINGS, num_instance_images=len(instance_images),
                            identifier_learning_rate=args.identifier_learning_rate if args.train_identifier else None,
                            num_class_images=args.num_class_images if args.prior_preservation else 0)

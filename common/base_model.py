@@ -99,6 +99,21 @@ def location(base):
     return base
 
 
+def looks_local(base_model):
+    """Whether `base_model` names a folder on this machine rather than a hub id ("owner/name")."""
+    return (Path(base_model).expanduser().exists() or base_model.startswith((".", "/", "~"))
+            or base_model.count("/") != 1)
+
+
+def check_base_folder(base_model):
+    """A base model given as a folder must be a diffusers folder: checked first, before any adapter,
+    since a wrong base is the first thing to fix (its adapters would be judged against it)."""
+    if looks_local(base_model) and not (Path(base_model).expanduser() / "model_index.json").is_file():
+        raise UserError(f"--base-model {base_model} is not a diffusers folder (no model_index.json there); "
+                        "pass a folder written by save_pretrained, micro, or a hub id such as "
+                        + RENAMED_MODEL_IDS["runwayml/stable-diffusion-v1-5"])
+
+
 def describe(base, resolution):
     if base == MICRO:
         return (f"base model: micro (embedded, {resolution} px, CPU); for Stable Diffusion 1.5 use "
@@ -130,6 +145,7 @@ def resolve_base(args, device, role="release_lora"):
     """
     base = choose_base(resolve_model_id(str(args.base_model)), device)
     where = location(base)
+    check_base_folder(where)
     if getattr(args, "resolution", "auto") in (None, "auto"):
         args.resolution = native_resolution(where)
     defaults = adapter_defaults(base)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from common.saving import save_json, save_safetensors
+from common.saving import check_writable, save_json, save_safetensors
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -98,19 +98,84 @@ def load_checkpoint(folder, parameters, optimizer, lr_scheduler, generator, rank
     return state
 
 
-def find_checkpoint(adapter_dir, resume):
-    """The folder named by --resume ('latest' = the highest complete checkpoint-N)."""
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors")
+STATE_KEYS = ("update", "settings", "optimizer", "lr_scheduler")
+
+
+def damage(folder, rank=0):
+    """None if checkpoint `folder` can be resumed from; else (file name, what is wrong with it).
+
+    Every file is read in full: a file cut short by a full disk or an interrupted copy can keep an
+    intact header, and only reading its tensors shows that their bytes are missing."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / "training_state.json").read_text())
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            return "training_state.json", f"no {missing[0]}"
+    except (OSError, ValueError) as error:
+        return "training_state.json", str(error).splitlines()[0][:80]
+    for name in (*CHECKPOINT_FILES, f"generator_rank{rank}.safetensors"):
+        try:
+            load_file(str(folder / name))
+        except Exception as error:  # safetensors raises its own error type for a cut or garbled file
+            return name, (str(error).splitlines() or [type(error).__name__])[0][:80]
+    return None
+
+
+def _numbered_checkpoints(adapter_dir):
+    """checkpoint-N folders holding a training_state.json (the file written last), newest first."""
+    found = [path for path in Path(adapter_dir).glob(f"{CHECKPOINT_PREFIX}*")
+             if path.name[len(CHECKPOINT_PREFIX):].isdigit() and (path / "training_state.json").is_file()]
+    return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]), reverse=True)
+
+
+def newest_intact(adapter_dir, rank=0, skip=()):
+    for path in _numbered_checkpoints(adapter_dir):
+        if path.resolve() not in {Path(s).resolve() for s in skip} and damage(path, rank) is None:
+            return path
+    return None
+
+
+def find_checkpoint(adapter_dir, resume, rank=0):
+    """The folder named by --resume ('latest' = the newest intact checkpoint-N), checked file by file.
+
+    'latest' passes over a damaged newest checkpoint to the newest intact one, saying so in one line;
+    a damaged checkpoint named by path stops the run, naming the bad file and the one to use instead."""
     adapter_dir = Path(adapter_dir)
     if resume != "latest":
         folder = Path(resume)
         if not (folder / "training_state.json").is_file():
             raise UserError(f"{folder} is not a complete checkpoint (no training_state.json)")
+        problem = damage(folder, rank)
+        if problem:
+            intact = newest_intact(folder.parent, rank, skip=[folder])
+            advice = f"resume from {intact} instead" if intact else "no intact checkpoint is left beside it; start fresh without --resume"
+            raise UserError(f"{folder / problem[0]} is damaged ({problem[1]}); {advice}")
         return folder
-    complete = [path for path in adapter_dir.glob(f"{CHECKPOINT_PREFIX}*")
-                if (path / "training_state.json").is_file() and path.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    if not complete:
+    candidates = _numbered_checkpoints(adapter_dir)
+    if not candidates:
         raise UserError(f"--resume latest: no checkpoint in {adapter_dir}; start without --resume")
-    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
+    damaged = []
+    for folder in candidates:
+        problem = damage(folder, rank)
+        if problem is None:
+            if damaged:
+                print(f"warning: {damaged[0][0] / damaged[0][1][0]} is damaged ({damaged[0][1][1]}); resuming from "
+                      f"{folder} instead" + (f" ({len(damaged)} damaged checkpoints passed over)" if len(damaged) > 1 else ""))
+            return folder
+        damaged.append((folder, problem))
+    raise UserError(f"--resume latest: every checkpoint in {adapter_dir} is damaged (the newest: "
+                    f"{damaged[0][0] / damaged[0][1][0]}, {damaged[0][1][1]}); start fresh without --resume")
+
+
+def prune_checkpoints(adapter_dir, keep):
+    """Delete all but the newest `keep` checkpoint-N folders (diffusers' --checkpoints_total_limit);
+    called after a new checkpoint is completely written, so that one intact checkpoint always remains."""
+    for old in _numbered_checkpoints(adapter_dir)[keep:]:
+        shutil.rmtree(old)
 
 
 def check_same_configuration(saved, current, folder):
@@ -136,5 +201,7 @@ def prepare_run(args, settings, weight_names):
     if checkpoint is not None:
         saved = json.loads((checkpoint / "training_state.json").read_text())["settings"]
         check_same_configuration(saved, settings, checkpoint)
+    check_writable(args.adapter_dir, "--adapter-dir")
+    check_writable(args.output_dir, "--output-dir")
     protect_existing_weights(args.adapter_dir, weight_names, args.overwrite, resuming=checkpoint is not None)
     return checkpoint

@@ -55,6 +55,22 @@ def share(text):
     return value
 
 
+NAMED_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}
+
+
+def colour(text):
+    """'white', 'black', 'grey' or 'R,G,B' (0-255 each) -> an (R, G, B) tuple."""
+    if text.lower() in NAMED_COLOURS:
+        return NAMED_COLOURS[text.lower()]
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= value <= 255 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a colour: use white, black, grey or R,G,B (0-255 each)")
+    return values
+
+
 def positive_float(text):
     value = float(text)
     if not value > 0:
@@ -148,6 +164,9 @@ def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_eve
     """
     data = parser.add_argument_group("data")
     data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
+    data.add_argument("--alpha-background", type=colour, default="white",
+                      help="the colour that transparent parts of your images are filled with: a name "
+                           "(white, black, grey) or R,G,B")
     data.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                       help="mirror each drawn image at random (half of the time)")
     train = parser.add_argument_group("training")
@@ -162,6 +181,9 @@ def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_eve
                             "where the text encoder is frozen); --no-cache is slower, for measuring")
     train.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every,
                        help="updates between checkpoints")
+    train.add_argument("--checkpoints-total-limit", type=positive_int, default=None,
+                       help="keep only the newest N checkpoints, deleting older ones once a new one is written; "
+                            "None keeps them all")
     train.add_argument("--progress-every", type=positive_int, default=progress_every,
                        help="updates between progress grids and evaluation losses")
     out = parser.add_argument_group("output")

@@ -9,7 +9,7 @@ import os
 import warnings
 from pathlib import Path
 
-from common.base_model import RENAMED_MODEL_IDS, resolve_model_id
+from common.base_model import resolve_model_id
 from common.errors import UserError
 from common.prompts import IDENTIFIER
 
@@ -38,18 +38,16 @@ def load_pipeline(base_model, device, dtype):
     quiet_libraries()
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+    from common.base_model import check_base_folder, looks_local
+
     base_model = resolve_model_id(str(base_model))
     local = Path(base_model).expanduser()
-    looks_local = local.exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") != 1
-    if looks_local and not (local / "model_index.json").is_file():
-        raise UserError(f"--base-model {base_model} is not a diffusers folder (no model_index.json there); "
-                        "pass a folder written by save_pretrained or a hub id such as " + RENAMED_MODEL_IDS[
-                            "runwayml/stable-diffusion-v1-5"])
+    check_base_folder(base_model)
     # The safety checker is left out: it is a 1.2 GB extra model whose false
     # positives black out harmless fabric images, and it is not part of DreamBooth.
     options = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     try:
-        if looks_local:
+        if looks_local(base_model):
             pipe = StableDiffusionPipeline.from_pretrained(local, **options)
         else:
             try:  # the cache first: quick, and works with no network
@@ -103,6 +101,7 @@ def load_personalized_pipeline(args):
     from common.base_model import resolve_base
     from common.cli import resolve_batch_size
     from common.device import pick_device
+    from common.saving import check_writable
 
     device, dtype = pick_device(args.device, args.precision, args.threads)
     resolve_batch_size(args, device)
@@ -112,6 +111,7 @@ def load_personalized_pipeline(args):
     lora = read_lora(lora_dir) if lora_dir is not None else None
     if args.ti_file:
         read_textual_inversion(args.ti_file)
+    check_writable(args.output_dir, "--output-dir")
     pipe = load_pipeline(where, device, dtype)
     adapters = []
     if lora_dir is not None:

@@ -35,6 +35,22 @@ def atomic_write(path, write):
     return path
 
 
+def check_writable(folder, flag):
+    """Stop with one line, before any model is loaded, if `folder` cannot be created or written to; a
+    run that fails there only after minutes of work, at its first write, loses that work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UserError(f"{flag} {folder} cannot be written ({reason}); pass {flag} with a folder you can "
+                        "write to") from None
+    return folder
+
+
 def save_image(image, path):
     return atomic_write(path, lambda temp: image.save(temp, format="PNG"))
 

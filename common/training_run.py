@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common.checkpoints import load_checkpoint, save_checkpoint
+from common.checkpoints import load_checkpoint, prune_checkpoints, save_checkpoint
 from common.errors import UserError
 
 
@@ -347,6 +347,11 @@ class TrainingRun:
                              "seconds": self.seconds_before + time.perf_counter() - self.started,
                              "grad_scaler": None if scaler is None else scaler.state_dict()},
                             rank=self.accelerator.process_index)
+            limit = getattr(self.args, "checkpoints_total_limit", None)
+            if limit:
+                self.accelerator.wait_for_everyone()  # every process's part of the new one is written
+                if self.accelerator.is_main_process:
+                    prune_checkpoints(self.args.adapter_dir, limit)
         self.last_checkpoint = update
 
     def save_progress_grid(self, update):
