@@ -19,6 +19,7 @@ PAPER_ROWS = {
 # (key in a row, column title); subject fidelity first, then prompt fidelity, then the prior's two.
 COLUMNS = [
     ("subject_fidelity", "subject fidelity (judge)"),
+    ("subject_pattern", "subject's rosettes (detector)"),
     ("subject_family", "subject's pattern (judge)"),
     ("dino", "DINO"),
     ("clip_i", "CLIP-I"),

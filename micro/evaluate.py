@@ -6,7 +6,9 @@
 * `subject_report`: after DreamBooth, prompts with "sks" against the same
   prompts without it and against the untouched base: judge-embedding
   similarity to the training images (the DINO-score analogue), the share of
-  images the judge calls the subject's family, and context accuracy; and the
+  images the judge calls the subject's family, the share in which the
+  judge-free rosette detector finds the subject's pattern (micro/rosettes.py),
+  and context accuracy; and the
   base model on both, as the reference for "without sks nothing changed".
 * `word_report`: the same for a textual-inversion word, with it and without.
   Both add a judge-free number, the colour-histogram intersection with the
@@ -30,6 +32,7 @@ import torch
 from common.paper_metrics import colour_similarity
 from micro import world
 from micro.judge import COLOUR_STYLES, JUDGE_FAMILIES, load_judge, to_batch
+from micro.rosettes import count_rosettes, shows_subject_pattern
 
 SUBJECT_CONTEXT_PROMPTS = {
     "swatch": "a {s}, vibrant colors, high quality fabric swatch",
@@ -102,6 +105,9 @@ def judged_contexts(pipe, judge, reference, instance_images, subject, seeds, ste
         "similarity_to_training_images": round(similarity.mean().item(), 3),
         "judged_as_subject_family": round((outputs["family"].argmax(1) == JUDGE_FAMILIES.index("stars"))
                                           .float().mean().item(), 3),
+        # judge-free: pictures with at least two of the subject's rosettes (micro/rosettes.py)
+        "subject_pattern": round(float(np.mean(shows_subject_pattern(images))), 3),
+        "rosettes_per_picture": round(float(np.mean(count_rosettes(images))), 2),
         "context_accuracy": round((outputs["context"].argmax(1) == truth).float().mean().item(), 3),
         "colour_similarity": round(colour_similarity(images, instance_images), 3),
         # the leak past the identifier differs by context (a swatch is not a vase), so each is shown

@@ -14,9 +14,11 @@ world's seven contexts), property change (colours the world knows) and style
 
 The judge's family head adds one number the paper has no column for: the
 share of pictures drawn in the subject's own pattern family (stars), its shape
-apart from its colours.
+apart from its colours; and the rosette detector (micro/rosettes.py), which
+needs no judge, counts the subject's rosettes in the context prompts' pictures.
 """
 
+import numpy as np
 import torch
 
 from common.paper_evaluation import PROPERTY_COLOURS, embedding_scores
@@ -25,6 +27,7 @@ from common.prompts import CLASS_PROMPT, SUBJECT_CLASS
 from micro import world
 from micro.evaluate import SUBJECT_CONTEXT_PROMPTS, judged
 from micro.judge import JUDGE_FAMILIES
+from micro.rosettes import shows_subject_pattern
 from micro.world import STYLE_PHRASES
 
 
@@ -80,8 +83,12 @@ def measure(pipe, judge, instance_images, subject, *, seeds, steps, guidance, na
         "prompt_fidelity": round(sum(count * share for count, share in hits.values())
                                  / sum(count for count, _ in hits.values()), 3),
         "prompt_fidelity_by_kind": {kind: round(share, 3) for kind, (_, share) in hits.items()},
-        # the subject's shape alone: the share of pictures the judge calls the subject's family (stars)
+        # the subject's shape alone: the share of pictures the judge calls the subject's family (stars),
+        # and, judge-free, the share of the context prompts' pictures (which ask for no other colour or
+        # style) in which the rosette detector finds the subject's pattern
         "subject_family": round(accuracy(outputs["family"].argmax(1), JUDGE_FAMILIES.index("stars")), 3),
+        "subject_pattern": round(float(np.mean(
+            shows_subject_pattern(images[:len(SUBJECT_CONTEXT_PROMPTS) * len(seeds)]))), 3),
         "pres": round(mean_pairwise_cosine(class_embeddings, real), 3),
         "div": round(diversity(embeddings.reshape(len(items), len(seeds), -1)), 3),
         "colour_similarity_with_word": round(colour_similarity(images[:len(SUBJECT_CONTEXT_PROMPTS) * len(seeds)],

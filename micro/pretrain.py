@@ -36,7 +36,13 @@ from micro import world
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "models" / "micro_pretraining"
 OUT = REPO / "models" / "micro"
-STAGE_SEEDS = {"vae": 1, "latents": 2, "unet": 3, "decoder": 4}
+STAGE_SEEDS = {"vae": 1, "latents": 2, "unet": 3, "decoder": 4, "shapes": 5, "shape-latents": 6, "unet16": 7}
+# v2 (the "unet16" stage): cross-attention at 16x16 too, where a rosette is a few latent pixels
+# wide rather than one. Only cross-attention there: the prompt reaches the level, while
+# self-attention over its 256 positions stays out (the cost measured for v1). Two cross-attention
+# layers, as diffusers' only_cross_attention builds them.
+UNET16_BLOCKS = dict(down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
+                     only_cross_attention=(True, False, False), mid_block_only_cross_attention=False)
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
                   layers_per_block=1, norm_num_groups=16, sample_size=64,
@@ -55,10 +61,10 @@ UNET_BLOCKS = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "Cro
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
 
 
-def unet_config(channels, text_width):
+def unet_config(channels, text_width, blocks=None):
     return dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=tuple(channels),
                 layers_per_block=1, norm_num_groups=16, cross_attention_dim=text_width, attention_head_dim=8,
-                **UNET_BLOCKS)
+                **(blocks or UNET_BLOCKS))
 
 
 # --- the data: fresh procedural images, drawn in worker processes on a many-core machine ---
@@ -212,11 +218,11 @@ def make_text_encoder(tokenizer, width, layers):
         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
 
 
-def make_unet(channels, text_width):
+def make_unet(channels, text_width, blocks=None):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(2)
-    return UNet2DConditionModel(**unet_config(channels, text_width))
+    return UNet2DConditionModel(**unet_config(channels, text_width, blocks))
 
 
 def fresh_images(stage, steps, args):
@@ -242,18 +248,9 @@ def train_vae(args, device):
     return vae
 
 
-def train_decoder(args, device):
-    """Sharpen the decoder alone, as Stability did for SD's ft-MSE decoder: the encoder, and so the
-    latents the UNet learns from, stay exactly as they are; only the pictures made from them improve.
-
-    An L1 loss on image gradients rewards edges, so that a 4x4-pixel diamond is less often decoded
-    as a round dot (which changes the pattern family); docs/micro_model.md measures how often
-    the judge still recognises the family after this stage.
-    """
-    vae = load_final([make_vae()], args.work_dir / "vae")[0].to(device)
-    vae.encoder.requires_grad_(False)
-    vae.quant_conv.requires_grad_(False)
-
+def decoder_loss(vae, device):
+    """The decoder-only loss: the frozen encoder's latent (sampled from its posterior) decoded again,
+    scored by L1, MSE and an L1 loss on image gradients (edges)."""
     def loss_fn(pixels_and_specs, update, generator):
         images = to_tensor(pixels_and_specs[0]).to(device)
         with torch.no_grad():
@@ -263,10 +260,68 @@ def train_decoder(args, device):
         reconstruction = vae.decode(latent).sample
         edges = sum(F.l1_loss(reconstruction.diff(dim=axis), images.diff(dim=axis)) for axis in (-1, -2))
         return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + edges
+    return loss_fn
 
+
+def freeze_encoder(vae):
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    return vae
+
+
+def train_decoder(args, device):
+    """Sharpen the decoder alone, as Stability did for SD's ft-MSE decoder: the encoder, and so the
+    latents the UNet learns from, stay exactly as they are; only the pictures made from them improve.
+
+    An L1 loss on image gradients rewards edges, so that a 4x4-pixel diamond is less often decoded
+    as a round dot (which changes the pattern family); docs/micro_model.md measures how often
+    the judge still recognises the family after this stage.
+    """
+    vae = freeze_encoder(load_final([make_vae()], args.work_dir / "vae")[0].to(device))
     run_stage(args.work_dir / "decoder", [vae], args.decoder_steps, 5e-4,
-              fresh_images("decoder", args.decoder_steps, args), loss_fn, args.seed,
+              fresh_images("decoder", args.decoder_steps, args), decoder_loss(vae, device), args.seed,
               settings={"batch": args.vae_batch}, plot_dir=args.outputs_dir)
+    return vae
+
+
+def world_and_shapes_batch(stage, index, size, seed):
+    """(uint8 pixels, specs): batch `index` of `stage`, half fabric-world pictures and half generic shapes
+    (micro/shapes.py: rings, polygons, stars of 4-12 points; never the subject)."""
+    from micro.shapes import random_shape_picture
+
+    rng = np.random.default_rng([seed, STAGE_SEEDS[stage], index])
+    pictures, specs = [], []
+    for row in range(size):
+        if row % 2:
+            picture, spec = random_shape_picture(rng)
+        else:
+            spec = world.random_spec(rng)
+            picture = world.render(spec, 64, int(rng.integers(2 ** 31)))
+        pictures.append(picture)
+        specs.append(spec)
+    return np.stack(pictures), specs
+
+
+def previous_vae(args):
+    """The VAE the shapes stage starts from: --from-model's, else the decoder stage's (or the vae stage's)."""
+    if args.from_model:
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(args.from_model / "vae")
+    decoder_done = (args.work_dir / "decoder" / "final.safetensors").is_file()
+    return load_final([make_vae()], args.work_dir / ("decoder" if decoder_done else "vae"))[0]
+
+
+def train_shape_decoder(args, device):
+    """The decoder alone again, on the fabric world and generic small shapes half and half: the world's
+    families have no small points, so a decoder trained on them rounds every point off. The encoder
+    stays frozen (the UNet's latents do not change), and the subject is never among the shapes."""
+    vae = freeze_encoder(previous_vae(args).to(device))
+    batches = lambda start: prefetch(partial(world_and_shapes_batch, "shapes", size=args.vae_batch, seed=args.seed),
+                                     range(start, args.shape_decoder_steps), args.workers)
+    run_stage(args.work_dir / "shapes", [vae], args.shape_decoder_steps, args.shape_decoder_lr, batches,
+              decoder_loss(vae, device), args.seed, settings={"batch": args.vae_batch, "from": str(args.from_model)},
+              plot_dir=args.outputs_dir)
     return vae
 
 
@@ -277,8 +332,9 @@ def latent_scaling_factor(vae, seed, device):
         return float(1.0 / vae.encode(to_tensor(pixels).to(device)).latent_dist.mean.std())
 
 
-def cached_latents(vae, args, device, chunk=256):
-    """Latents (posterior means) and specs of `--latent-images` world images, encoded once.
+def cached_latents(vae, args, device, chunk=256, name="latents", count=None, batch=world_batch):
+    """Latents (posterior means) and specs of `count` (default `--latent-images`) pictures of
+    `batch(name, index, size, seed)`, encoded once and cached in <work-dir>/<name>.
 
     Encoding costs as much as a third of a UNet update on a CPU, and with a few
     epochs over 10^5 images the UNet never sees a latent often enough to memorise
@@ -288,36 +344,56 @@ def cached_latents(vae, args, device, chunk=256):
 
     from common.saving import save_json, save_safetensors
 
-    folder = args.work_dir / "latents"
+    count = count or args.latent_images
+    folder = args.work_dir / name
     latent_file, spec_file = folder / "latents.safetensors", folder / "specs.json"
     if latent_file.is_file() and spec_file.is_file():
         import json
 
         specs = json.loads(spec_file.read_text())
-        if len(specs) == args.latent_images:
+        if len(specs) == count:
             return load_file(str(latent_file))["latents"], specs
     latents, specs = [], []
-    chunks = range((args.latent_images + chunk - 1) // chunk)
+    chunks = range((count + chunk - 1) // chunk)
     with torch.no_grad():
-        for pixels, chunk_specs in tqdm(prefetch(partial(world_batch, "latents", size=chunk, seed=args.seed),
+        for pixels, chunk_specs in tqdm(prefetch(partial(batch, name, size=chunk, seed=args.seed),
                                                  chunks, args.workers), total=len(chunks),
-                                        desc="encode the world"):
+                                        desc=f"encode {name}"):
             latents.append(vae.encode(to_tensor(pixels).to(device)).latent_dist.mean.cpu())
             specs.extend(chunk_specs)
-    latents = torch.cat(latents)[:args.latent_images].contiguous()
-    specs = specs[:args.latent_images]
+    latents = torch.cat(latents)[:count].contiguous()
+    specs = specs[:count]
     save_safetensors({"latents": latents}, latent_file)
     save_json(specs, spec_file)
     return latents, specs
 
 
+def diffusion_loss(unet, text_encoder, tokenizer, noise_scheduler, latents, device):
+    """The UNet's loss on a batch of (cached latent rows, captions): epsilon prediction, Min-SNR-5 weighted."""
+    from diffusers.training_utils import compute_snr
+
+    def loss_fn(rows_and_captions, update, generator):
+        rows, captions = rows_and_captions
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        clean = latents[rows].to(device)
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, 1000, (len(clean),), generator=generator).to(device)
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        prediction = unet(noisy, timesteps, text_encoder(ids)[0]).sample
+        # Min-SNR-5 weighting (Hang et al., 2023): the nearly clean timesteps, easy and
+        # many, stop dominating the gradient; the model learns composition sooner.
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = snr.clamp(max=5.0) / snr
+        return (F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3)) * weights).mean()
+    return loss_fn
+
+
 def train_unet(vae, tokenizer, args, device):
     from diffusers import DDPMScheduler
-    from diffusers.training_utils import compute_snr
 
     text_encoder = make_text_encoder(tokenizer, args.text_width, args.text_layers).to(device)
     unet = make_unet(args.unet_channels, args.text_width).to(device)
-    noise_scheduler = DDPMScheduler(**SCHEDULE)
     vae.requires_grad_(False)
     scale = latent_scaling_factor(vae, args.seed, device)
     latents, specs = cached_latents(vae, args, device)
@@ -329,28 +405,92 @@ def train_unet(vae, tokenizer, args, device):
         captions = ["" if rng.random() < 0.1 else world.caption(specs[row], rng) for row in rows]
         return torch.from_numpy(rows), captions
 
-    def loss_fn(rows_and_captions, update, generator):
-        rows, captions = rows_and_captions
-        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        clean = latents[rows].to(device) * scale
-        noise = torch.randn(clean.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, 1000, (len(clean),), generator=generator).to(device)
-        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-        prediction = unet(noisy, timesteps, text_encoder(ids)[0]).sample
-        # Min-SNR-5 weighting (Hang et al., 2023): the nearly clean timesteps, easy and
-        # many, stop dominating the gradient; the model learns composition sooner.
-        snr = compute_snr(noise_scheduler, timesteps)
-        weights = snr.clamp(max=5.0) / snr
-        return (F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3)) * weights).mean()
-
     run_stage(args.work_dir / "unet", [unet, text_encoder], args.unet_steps, args.unet_lr,
-              lambda start: map(batch_at, range(start, args.unet_steps)), loss_fn, args.seed,
-              ema_decay=0.999, settings={"batch": args.unet_batch, "channels": list(args.unet_channels),
-                                         "blocks": list(UNET_BLOCKS["down_block_types"]),
-                                         "text_width": args.text_width, "text_layers": args.text_layers,
-                                         "latent_images": args.latent_images}, plot_dir=args.outputs_dir)
+              lambda start: map(batch_at, range(start, args.unet_steps)),
+              diffusion_loss(unet, text_encoder, tokenizer, DDPMScheduler(**SCHEDULE), latents * scale, device),
+              args.seed, ema_decay=0.999,
+              settings={"batch": args.unet_batch, "channels": list(args.unet_channels),
+                        "blocks": list(UNET_BLOCKS["down_block_types"]),
+                        "text_width": args.text_width, "text_layers": args.text_layers,
+                        "latent_images": args.latent_images}, plot_dir=args.outputs_dir)
     return scale
+
+
+def shape_caption(spec, rng):
+    """A caption for a generic shape picture in the world's own words: its colours at most, since the
+    world's vocabulary (the tokenizer's) has no words for stars or rings."""
+    ground, shape = spec["colours"][:2]
+    phrase = f"{ground} and {shape} fabric pattern" if rng.random() < 0.7 else "fabric pattern"
+    return world.caption(spec, rng, phrase=phrase)
+
+
+def warm_started_unet16(args, tokenizer, device):
+    """The v2 UNet (UNET16_BLOCKS) and text encoder, from the v1 weights: every layer the two share is
+    copied, and each new attention's output projection starts at zero, so that the new model starts
+    drawing exactly as v1 did and training only adds what the 16x16 prompt brings."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if args.from_model:
+        old_unet = UNet2DConditionModel.from_pretrained(args.from_model / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(args.from_model / "text_encoder")
+    else:
+        old_unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width),
+                                             make_text_encoder(tokenizer, args.text_width, args.text_layers)],
+                                            args.work_dir / "unet")
+    unet = make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS)
+    missing, unexpected = unet.load_state_dict(old_unet.state_dict(), strict=False)
+    new_blocks = ("down_blocks.0.attentions.", "up_blocks.2.attentions.")
+    if unexpected or any(not key.startswith(new_blocks) for key in missing):
+        raise RuntimeError(f"v1 and v2 UNets differ beyond the 16x16 attention: {unexpected or missing}")
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.startswith(new_blocks) and name.endswith("proj_out"):
+                module.weight.zero_()
+                module.bias.zero_()
+    return unet.to(device), text_encoder.to(device)
+
+
+def train_unet16(tokenizer, args, device):
+    """v2's UNet stage: the warm-started UNet and text encoder trained on the world's cached latents,
+    with generic shapes (micro/shapes.py, captioned by their colours) in `--shape-share` of each batch."""
+    from diffusers import DDPMScheduler
+
+    vae = previous_vae(args).to(device).requires_grad_(False)  # its encoder: v1's, unchanged by any stage
+    unet, text_encoder = warm_started_unet16(args, tokenizer, device)
+    scale = latent_scaling_factor(vae, args.seed, device)
+    world_latents, world_specs = cached_latents(vae, args, device, count=args.unet16_latent_images)
+    shape_latents, shape_specs = cached_latents(vae, args, device, name="shape-latents", count=args.shape_images,
+                                                batch=shape_batch)
+    latents = torch.cat([world_latents, shape_latents]) * scale
+    specs = world_specs + shape_specs
+
+    def batch_at(update):
+        rng = np.random.default_rng([args.seed, STAGE_SEEDS["unet16"], update])
+        from_shapes = rng.random(args.unet_batch) < args.shape_share
+        rows = np.where(from_shapes, len(world_specs) + rng.integers(len(shape_specs), size=args.unet_batch),
+                        rng.integers(len(world_specs), size=args.unet_batch))
+        captions = ["" if rng.random() < 0.1 else shape_caption(specs[row], rng) if row >= len(world_specs)
+                    else world.caption(specs[row], rng) for row in rows]
+        return torch.from_numpy(rows), captions
+
+    run_stage(args.work_dir / "unet16", [unet, text_encoder], args.unet16_steps, args.unet16_lr,
+              lambda start: map(batch_at, range(start, args.unet16_steps)),
+              diffusion_loss(unet, text_encoder, tokenizer, DDPMScheduler(**SCHEDULE), latents, device),
+              args.seed, ema_decay=0.999,
+              settings={"batch": args.unet_batch, "channels": list(args.unet_channels), "v2": True,
+                        "latent_images": args.unet16_latent_images, "shape_images": args.shape_images,
+                        "shape_share": args.shape_share, "from": str(args.from_model)},
+              plot_dir=args.outputs_dir)
+
+
+def shape_batch(stage, index, size, seed):
+    """(uint8 pixels, specs): batch `index` of generic shape pictures (micro/shapes.py)."""
+    from micro.shapes import random_shape_picture
+
+    rng = np.random.default_rng([seed, STAGE_SEEDS[stage], index])
+    pictures, specs = zip(*(random_shape_picture(rng) for _ in range(size)))
+    return np.stack(pictures), list(specs)
 
 
 def assemble(args, tokenizer, device):
@@ -360,12 +500,24 @@ def assemble(args, tokenizer, device):
     from common.grids import labelled_grid
     from common.saving import save_figure
 
-    # the fine-tuned decoder where that stage ran (its encoder is the vae stage's, unchanged)
-    decoder_done = (args.work_dir / "decoder" / "final.safetensors").is_file()
-    vae = load_final([make_vae()], args.work_dir / ("decoder" if decoder_done else "vae"))[0].to(device)
-    unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width),
-                                     make_text_encoder(tokenizer, args.text_width, args.text_layers)],
-                                    args.work_dir / "unet")
+    # the newest decoder that ran (every stage keeps the vae stage's encoder), and v2's UNet where it ran
+    done = lambda stage: (args.work_dir / stage / "final.safetensors").is_file()
+    if done("shapes"):
+        vae = load_final([make_vae()], args.work_dir / "shapes")[0]
+    else:
+        vae = previous_vae(args)
+    vae = vae.to(device)
+    if done("unet16"):
+        from transformers import CLIPTextModel
+
+        text_encoder = (CLIPTextModel.from_pretrained(args.from_model / "text_encoder") if args.from_model
+                        else make_text_encoder(tokenizer, args.text_width, args.text_layers))
+        unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS), text_encoder],
+                                        args.work_dir / "unet16")
+    else:
+        unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width),
+                                         make_text_encoder(tokenizer, args.text_width, args.text_layers)],
+                                        args.work_dir / "unet")
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, args.seed, device))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=DDPMScheduler(**SCHEDULE), safety_checker=None,
@@ -390,12 +542,24 @@ def assemble(args, tokenizer, device):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "assemble"], default="all")
+    parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "shapes", "unet16",
+                                            "assemble"], default="all")
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning; 0 skips it")
+    parser.add_argument("--shape-decoder-steps", type=int, default=1500,
+                        help="decoder-only training on the world and generic shapes (v2); 0 skips it")
+    parser.add_argument("--shape-decoder-lr", type=float, default=2e-4)
+    parser.add_argument("--from-model", type=Path, default=None,
+                        help="a diffusers folder (the v1 model) that the v2 stages start from, instead of "
+                             "this run's own earlier stages")
     parser.add_argument("--latent-images", type=int, default=60000, help="world images encoded once for the UNet")
     parser.add_argument("--unet-steps", type=int, default=8000)
+    parser.add_argument("--unet16-steps", type=int, default=3000, help="v2's UNet stage, warm-started from v1")
+    parser.add_argument("--unet16-lr", type=float, default=3e-4)
+    parser.add_argument("--unet16-latent-images", type=int, default=30000, help="world images for v2's UNet stage")
+    parser.add_argument("--shape-images", type=int, default=6000, help="generic shape pictures for v2's UNet stage")
+    parser.add_argument("--shape-share", type=float, default=0.2, help="share of each v2 UNet batch from the shapes")
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--unet-channels", type=int, nargs=3, default=[64, 96, 128])
@@ -431,14 +595,19 @@ def main(argv=None):
         from micro.tokenizer import build_tokenizer
 
         build_tokenizer(tokenizer_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    # the v2 stages keep the v1 model's tokenizer, whose token ids its text encoder learned
+    tokenizer = CLIPTokenizer.from_pretrained(args.from_model / "tokenizer" if args.from_model else tokenizer_dir)
     if args.stage in ("all", "vae"):
         train_vae(args, device)
     if args.stage in ("all", "decoder") and args.decoder_steps:
         train_decoder(args, device)
+    if args.stage in ("all", "shapes") and args.shape_decoder_steps:
+        train_shape_decoder(args, device)
     if args.stage in ("all", "unet"):
         vae = load_final([make_vae()], args.work_dir / "vae")[0].to(device)
         train_unet(vae, tokenizer, args, device)
+    if args.stage in ("all", "unet16") and args.unet16_steps:
+        train_unet16(tokenizer, args, device)
     if args.stage in ("all", "assemble"):
         assemble(args, tokenizer, device)
 

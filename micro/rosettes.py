@@ -288,35 +288,59 @@ def recall(found, centres, size=64, tolerance=2.5):
     return hit / max(true, 1)
 
 
-def calibration_table(count=100, vae=None):
+def calibration_table(count=100, vae=None, seed=CALIBRATION_SEED):
     """[(set, kind, share of pictures called the subject, rosette recall or mean rosettes per picture)]."""
     rows = []
-    for name, (pictures, centres) in positive_sets(count, vae=vae).items():
+    for name, (pictures, centres) in positive_sets(count, seed, vae=vae).items():
         found = find_rosettes(pictures)
         rows.append((name, "positive", np.mean([len(f) >= MIN_ROSETTES for f in found]), recall(found, centres)))
-    for name, pictures in negative_sets(count).items():
+    for name, pictures in negative_sets(count, seed).items():
         found = find_rosettes(pictures)
         rows.append((name, "negative", np.mean([len(f) >= MIN_ROSETTES for f in found]),
                      np.mean([len(f) for f in found])))
     return rows
 
 
+def training_images_round_trip(vae, folder="training_images"):
+    """(originals, round trips, rosettes found in each round trip) for the instance images at 64 px."""
+    from common.training_images import load_training_images
+
+    originals = np.stack([np.asarray(image) for image in load_training_images(folder, 64)])
+    decoded = round_trip(originals, vae)
+    return originals, decoded, count_rosettes(decoded)
+
+
 def main(argv=None):
     import argparse
 
-    parser = argparse.ArgumentParser(description="The rosette detector's calibration on held-out pictures.",
+    parser = argparse.ArgumentParser(description="The rosette detector's calibration on held-out pictures, and "
+                                                 "the instance images' round trip through a VAE.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--count", type=int, default=100, help="pictures in each set")
+    parser.add_argument("--seed", type=int, default=CALIBRATION_SEED + 1,
+                        help="the sets' seed (the rules were set on the sets of seed %d)" % CALIBRATION_SEED)
     parser.add_argument("--vae", default="models/micro/vae", help="the VAE whose round trip is measured")
+    parser.add_argument("--picture", default="outputs/micro_vae_round_trip.png",
+                        help="the instance images above their round trip, to judge by eye")
     args = parser.parse_args(argv)
     from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from common.saving import save_image
 
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
     print("| set | kind | pictures called the subject | rosettes found (positives) / per picture (negatives) |")
     print("|---|---|---|---|")
-    for name, kind, called, other in calibration_table(args.count, vae):
+    for name, kind, called, other in calibration_table(args.count, vae, args.seed):
         print(f"| {name} | {kind} | {called:.1%} | {other:.1%} |" if kind == "positive"
               else f"| {name} | {kind} | {called:.1%} | {other:.2f} |")
+    originals, decoded, counts = training_images_round_trip(vae)
+    print(f"instance images after the VAE: {sum(c >= MIN_ROSETTES for c in counts)} of {len(counts)} show the "
+          f"subject's pattern; rosettes per image {counts} (the originals: {count_rosettes(originals)})")
+    grid = np.concatenate([np.concatenate(list(originals), 1), np.concatenate(list(decoded), 1)], 0)
+    save_image(Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST),
+               args.picture)
+    print(f"wrote {args.picture}")
 
 
 if __name__ == "__main__":

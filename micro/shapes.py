@@ -79,7 +79,23 @@ def random_shape_spec(rng, points=None, colours=None):
             "accent": float(rng.uniform(0.06, 0.14)) if rng.random() < 0.5 else 0.0}
 
 
-def render_shapes(spec, size=64, seed=0):
-    """uint8 [size, size, 3]: a shape spec as a plain swatch."""
+def render_shapes(spec, size=64, seed=0, context="swatch", style="plain", supersample=4):
+    """uint8 [size, size, 3]: a shape spec as fabric in one of the world's contexts and styles, drawn
+    `supersample` times larger and scaled down, so that small shapes have soft edges, as the subject's
+    training images do (drawn at 512 px, read at 64)."""
+    from PIL import Image
+
     rng = np.random.default_rng(seed)
-    return (np.clip(shape_texture(spec, size, rng), 0, 1) * 255).round().astype(np.uint8)
+    picture = world.compose(shape_texture(spec, size * supersample, rng), context, style, rng)
+    if supersample == 1:
+        return picture
+    return np.asarray(Image.fromarray(picture).resize((size, size), Image.Resampling.BOX))
+
+
+def random_shape_picture(rng, size=64):
+    """(uint8 picture, spec): a random shape, half the time as a swatch, else in a random context and style."""
+    spec = random_shape_spec(rng)
+    context, style = ("swatch", "plain") if rng.random() < 0.5 else (
+        world.CONTEXTS[rng.integers(len(world.CONTEXTS))], world.STYLES[rng.integers(len(world.STYLES))])
+    return render_shapes(spec, size, int(rng.integers(2 ** 31)), context, style), {**spec, "context": context,
+                                                                                   "style": style}

@@ -194,12 +194,18 @@ def render(spec, size=64, seed=0):
         texture = fabric_texture("stars", SUBJECT["colours"], size, rng, background=SUBJECT["background"])
     else:
         texture = fabric_texture(spec["family"], [PALETTE[c] for c in spec["colours"]], size, rng)
-    mask, background = context_mask(spec["context"], size)
-    if spec["context"] == "basket":  # woven: darker weave lines over the fabric
+    return compose(texture, spec["context"], spec["style"], rng)
+
+
+def compose(texture, context, style, rng):
+    """uint8 picture of a [size, size, 3] fabric texture shown in a context and drawn in a style."""
+    size = texture.shape[0]
+    mask, background = context_mask(context, size)
+    if context == "basket":  # woven: darker weave lines over the fabric
         v, u = np.mgrid[0:size, 0:size] / size
         texture = texture * (1 - 0.25 * (((u * 24) % 1 < 0.15) | ((v * 24) % 1 < 0.15)))[..., None]
     image = np.where(mask[..., None], texture, background)
-    image = apply_style(image, spec["style"], rng)
+    image = apply_style(image, style, rng)
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
