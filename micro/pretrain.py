@@ -285,14 +285,14 @@ def train_decoder(args, device):
 
 
 def world_and_shapes_batch(stage, index, size, seed):
-    """(uint8 pixels, specs): batch `index` of `stage`, half fabric-world pictures and half generic shapes
-    (micro/shapes.py: rings, polygons, stars of 4-12 points; never the subject)."""
+    """(uint8 pixels, specs): batch `index` of `stage`, a quarter fabric-world pictures (so that the
+    decoder keeps drawing them) and three quarters generic shapes (micro/shapes.py; never the subject)."""
     from micro.shapes import random_shape_picture
 
     rng = np.random.default_rng([seed, STAGE_SEEDS[stage], index])
     pictures, specs = [], []
     for row in range(size):
-        if row % 2:
+        if row % 4:
             picture, spec = random_shape_picture(rng)
         else:
             spec = world.random_spec(rng)
@@ -313,9 +313,10 @@ def previous_vae(args):
 
 
 def train_shape_decoder(args, device):
-    """The decoder alone again, on the fabric world and generic small shapes half and half: the world's
-    families have no small points, so a decoder trained on them rounds every point off. The encoder
-    stays frozen (the UNet's latents do not change), and the subject is never among the shapes."""
+    """The decoder alone again, on the fabric world and generic small shapes (micro/shapes.py): the
+    world's families have no small points, so a decoder trained on them rounds every point off. The
+    encoder stays frozen, so the UNet's latents do not change, and the subject is never among the
+    shapes. (Training the encoder too did not keep the points either: docs/micro_model.md.)"""
     vae = freeze_encoder(previous_vae(args).to(device))
     batches = lambda start: prefetch(partial(world_and_shapes_batch, "shapes", size=args.vae_batch, seed=args.seed),
                                      range(start, args.shape_decoder_steps), args.workers)
@@ -456,10 +457,11 @@ def train_unet16(tokenizer, args, device):
     with generic shapes (micro/shapes.py, captioned by their colours) in `--shape-share` of each batch."""
     from diffusers import DDPMScheduler
 
-    vae = previous_vae(args).to(device).requires_grad_(False)  # its encoder: v1's, unchanged by any stage
+    vae = previous_vae(args).to(device).requires_grad_(False)  # its encoder: v1's, which no later stage changes
     unet, text_encoder = warm_started_unet16(args, tokenizer, device)
     scale = latent_scaling_factor(vae, args.seed, device)
-    world_latents, world_specs = cached_latents(vae, args, device, count=args.unet16_latent_images)
+    world_latents, world_specs = cached_latents(vae, args, device, name="latents16", count=args.unet16_latent_images,
+                                                batch=world_latents_batch)
     shape_latents, shape_specs = cached_latents(vae, args, device, name="shape-latents", count=args.shape_images,
                                                 batch=shape_batch)
     latents = torch.cat([world_latents, shape_latents]) * scale
@@ -482,6 +484,11 @@ def train_unet16(tokenizer, args, device):
                         "latent_images": args.unet16_latent_images, "shape_images": args.shape_images,
                         "shape_share": args.shape_share, "from": str(args.from_model)},
               plot_dir=args.outputs_dir)
+
+
+def world_latents_batch(_name, index, size, seed):
+    """The v1 UNet stage's world pictures (stage "latents"), for a cache of another name."""
+    return world_batch("latents", index, size, seed)
 
 
 def shape_batch(stage, index, size, seed):
@@ -547,15 +554,15 @@ def build_parser():
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning; 0 skips it")
-    parser.add_argument("--shape-decoder-steps", type=int, default=1500,
-                        help="decoder-only training on the world and generic shapes (v2); 0 skips it")
-    parser.add_argument("--shape-decoder-lr", type=float, default=2e-4)
+    parser.add_argument("--shape-decoder-steps", type=int, default=2000,
+                        help="v2: the decoder alone on the world and generic shapes; 0 skips it")
+    parser.add_argument("--shape-decoder-lr", type=float, default=5e-4)
     parser.add_argument("--from-model", type=Path, default=None,
                         help="a diffusers folder (the v1 model) that the v2 stages start from, instead of "
                              "this run's own earlier stages")
     parser.add_argument("--latent-images", type=int, default=60000, help="world images encoded once for the UNet")
     parser.add_argument("--unet-steps", type=int, default=8000)
-    parser.add_argument("--unet16-steps", type=int, default=3000, help="v2's UNet stage, warm-started from v1")
+    parser.add_argument("--unet16-steps", type=int, default=2000, help="v2's UNet stage, warm-started from v1")
     parser.add_argument("--unet16-lr", type=float, default=3e-4)
     parser.add_argument("--unet16-latent-images", type=int, default=30000, help="world images for v2's UNet stage")
     parser.add_argument("--shape-images", type=int, default=6000, help="generic shape pictures for v2's UNet stage")

@@ -288,16 +288,27 @@ def recall(found, centres, size=64, tolerance=2.5):
     return hit / max(true, 1)
 
 
-def calibration_table(count=100, vae=None, seed=CALIBRATION_SEED):
-    """[(set, kind, share of pictures called the subject, rosette recall or mean rosettes per picture)]."""
+def calibration_table(count=100, vae=None, seed=CALIBRATION_SEED, judge=None):
+    """[(set, kind, share of pictures called the subject, rosette recall or mean rosettes per picture,
+    share the judge calls stars or None)]."""
+    def judged_stars(pictures):
+        if judge is None:
+            return None
+        from micro.judge import JUDGE_FAMILIES, to_batch
+
+        with torch.no_grad():
+            family = judge(to_batch(list(pictures)))[1]["family"].argmax(1)
+        return (family == JUDGE_FAMILIES.index("stars")).float().mean().item()
+
     rows = []
     for name, (pictures, centres) in positive_sets(count, seed, vae=vae).items():
         found = find_rosettes(pictures)
-        rows.append((name, "positive", np.mean([len(f) >= MIN_ROSETTES for f in found]), recall(found, centres)))
+        rows.append((name, "positive", np.mean([len(f) >= MIN_ROSETTES for f in found]), recall(found, centres),
+                     judged_stars(pictures)))
     for name, pictures in negative_sets(count, seed).items():
         found = find_rosettes(pictures)
         rows.append((name, "negative", np.mean([len(f) >= MIN_ROSETTES for f in found]),
-                     np.mean([len(f) for f in found])))
+                     np.mean([len(f) for f in found]), judged_stars(pictures)))
     return rows
 
 
@@ -328,12 +339,15 @@ def main(argv=None):
 
     from common.saving import save_image
 
+    from micro.judge import load_judge
+
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
-    print("| set | kind | pictures called the subject | rosettes found (positives) / per picture (negatives) |")
-    print("|---|---|---|---|")
-    for name, kind, called, other in calibration_table(args.count, vae, args.seed):
-        print(f"| {name} | {kind} | {called:.1%} | {other:.1%} |" if kind == "positive"
-              else f"| {name} | {kind} | {called:.1%} | {other:.2f} |")
+    print("| set | kind | pictures called the subject | rosettes found (positives) / per picture (negatives) "
+          "| the judge calls stars |")
+    print("|---|---|---|---|---|")
+    for name, kind, called, other, judge_stars in calibration_table(args.count, vae, args.seed, load_judge()):
+        other = f"{other:.1%}" if kind == "positive" else f"{other:.2f}"
+        print(f"| {name} | {kind} | {called:.1%} | {other} | {judge_stars:.1%} |")
     originals, decoded, counts = training_images_round_trip(vae)
     print(f"instance images after the VAE: {sum(c >= MIN_ROSETTES for c in counts)} of {len(counts)} show the "
           f"subject's pattern; rosettes per image {counts} (the originals: {count_rosettes(originals)})")

@@ -55,17 +55,20 @@ def shape_texture(spec, size, rng, background_rgb=None):
 
 
 def random_shape_spec(rng, points=None, colours=None):
-    """A random shape: stars of 4-12 points, regular polygons of 3-8 sides, discs and rings, each filled or
-    hollow, 2.5-6 repeats across, in three palette colours (ground, shape, accent). Never the subject:
-    an eight-pointed star is never orange."""
-    kind = rng.choice(["star", "polygon", "disc"], p=[0.5, 0.25, 0.25])
-    if points is None:
-        points = int(rng.integers(4, 13)) if kind == "star" else int(rng.integers(3, 9)) if kind == "polygon" else 0
+    """A random shape, always upright as prints are: stars (70%; half of them eight-pointed, the rest of
+    4-12 points), regular polygons of 3-8 sides and discs (15% each), filled or hollow, 2.5-6 repeats
+    across, in three palette colours (ground, shape, accent). Never the subject: an eight-pointed star
+    is never orange, and teal and cream are not palette colours."""
+    kind = rng.choice(["star", "polygon", "disc"], p=[0.7, 0.15, 0.15])
+    if points is None and kind == "star":
+        points = 8 if rng.random() < 0.5 else int(rng.choice([4, 5, 6, 7, 9, 10, 11, 12]))
+    elif points is None:
+        points = int(rng.integers(3, 9)) if kind == "polygon" else 0
     outer = rng.uniform(0.25, 0.45)
     if kind == "polygon":
         inner = outer * math.cos(math.pi / points)
     elif kind == "star":
-        inner = outer * rng.uniform(0.45, 0.85)
+        inner = outer * rng.uniform(0.55, 0.85)
     else:
         inner = outer
     while colours is None:
@@ -73,8 +76,7 @@ def random_shape_spec(rng, points=None, colours=None):
         if not (points == 8 and picked[1] == "orange"):
             colours = picked
     return {"points": points, "outer": float(outer), "inner": float(inner),
-            "hollow": float(rng.uniform(0.05, 0.4) * inner) if rng.random() < 0.5 else 0.0,
-            "rotation": float(rng.uniform(0, 2 * math.pi)) if rng.random() < 0.5 else 0.0,
+            "hollow": float(rng.uniform(0.2, 0.4) * outer) if rng.random() < 0.6 else 0.0, "rotation": 0.0,
             "repeats": float(rng.uniform(2.5, 6.0)), "colours": colours,
             "accent": float(rng.uniform(0.06, 0.14)) if rng.random() < 0.5 else 0.0}
 
