@@ -74,6 +74,17 @@ def main():
         # the 512 images encoded here are counted above, so take their time off
         unet_rate = (time.perf_counter() - started - 2 * encode) / (2 + args.updates)
         rows.append(("unet + text encoder", unet_rate, defaults.unet_steps))
+        # v2's stages, each starting from this run's v1 stages (as python -m micro.pretrain does)
+        shapes_rate, _ = stage_rate(lambda run: pretrain.train_shape_decoder(run, cpu), "shape_decoder_steps")
+        rows.append(("shapes (v2: the decoder on shapes)", shapes_rate, defaults.shape_decoder_steps))
+        v2_run = argparse.Namespace(**{**settings, "unet16_latent_images": 512, "shape_images": 256,
+                                       "unet16_steps": 2 + args.updates})
+        started = time.perf_counter()
+        pretrain.train_unet16(tokenizer, v2_run, cpu)
+        unet16_rate = (time.perf_counter() - started - 3 * encode) / (2 + args.updates)
+        rows.append(("unet16 (v2: cross-attention at 16x16)", unet16_rate, defaults.unet16_steps))
+        images16 = defaults.unet16_latent_images + defaults.shape_images
+        rows.append(("encode v2's world and shapes (per 256)", encode, images16 / chunk))
         model = judge_module.Judge()
         optimizer = torch.optim.AdamW(model.parameters())
         rng = np.random.default_rng(0)
