@@ -54,14 +54,15 @@ def shape_texture(spec, size, rng, background_rgb=None):
     return image.astype(np.float32)
 
 
-def random_shape_spec(rng, points=None, colours=None):
-    """A random shape, always upright as prints are: stars (70%; half of them eight-pointed, the rest of
-    4-12 points), regular polygons of 3-8 sides and discs (15% each), filled or hollow, 2.5-6 repeats
+def random_shape_spec(rng, points=None, colours=None, star_share=0.8, eight_share=0.75):
+    """A random shape, always upright as prints are: stars (`star_share`; `eight_share` of them
+    eight-pointed, the rest of 4-12 points), regular polygons of 3-8 sides and discs (the rest, half
+    each), filled or hollow, 2.5-6 repeats
     across, in three palette colours (ground, shape, accent). Never the subject: an eight-pointed star
     is never orange, and teal and cream are not palette colours."""
-    kind = rng.choice(["star", "polygon", "disc"], p=[0.7, 0.15, 0.15])
+    kind = rng.choice(["star", "polygon", "disc"], p=[star_share, (1 - star_share) / 2, (1 - star_share) / 2])
     if points is None and kind == "star":
-        points = 8 if rng.random() < 0.5 else int(rng.choice([4, 5, 6, 7, 9, 10, 11, 12]))
+        points = 8 if rng.random() < eight_share else int(rng.choice([4, 5, 6, 7, 9, 10, 11, 12]))
     elif points is None:
         points = int(rng.integers(3, 9)) if kind == "polygon" else 0
     outer = rng.uniform(0.25, 0.45)
@@ -94,9 +95,10 @@ def render_shapes(spec, size=64, seed=0, context="swatch", style="plain", supers
     return np.asarray(Image.fromarray(picture).resize((size, size), Image.Resampling.BOX))
 
 
-def random_shape_picture(rng, size=64):
-    """(uint8 picture, spec): a random shape, half the time as a swatch, else in a random context and style."""
-    spec = random_shape_spec(rng)
+def random_shape_picture(rng, size=64, **shares):
+    """(uint8 picture, spec): a random shape (`shares` as random_shape_spec takes them), half the time as
+    a swatch, else in a random context and style."""
+    spec = random_shape_spec(rng, **shares)
     context, style = ("swatch", "plain") if rng.random() < 0.5 else (
         world.CONTEXTS[rng.integers(len(world.CONTEXTS))], world.STYLES[rng.integers(len(world.STYLES))])
     return render_shapes(spec, size, int(rng.integers(2 ** 31)), context, style), {**spec, "context": context,
