@@ -37,8 +37,10 @@ def atomic_write(path, write):
 
 def check_writable(folder, flag):
     """Stop with one line, before any model is loaded, if `folder` cannot be created or written to; a
-    run that fails there only after minutes of work, at its first write, loses that work."""
+    run that fails there only after minutes of work, at its first write, loses that work. Folders
+    made for the test are removed again, so that a run refused later leaves nothing behind."""
     folder = Path(folder)
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
@@ -48,6 +50,10 @@ def check_writable(folder, flag):
         reason = error.strerror or type(error).__name__
         raise UserError(f"{flag} {folder} cannot be written ({reason}); pass {flag} with a folder you can "
                         "write to") from None
+    finally:
+        for path in missing:  # deepest first
+            if path.is_dir():
+                path.rmdir()
     return folder
 
 
