@@ -10,8 +10,15 @@ Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in
    decoder    the decoder alone fine-tuned for sharper edges (the latents stay the same)
 3. unet       UNet2DConditionModel and CLIPTextModel trained together on cached
               VAE latents, with 10% empty captions so classifier-free guidance works
+   shapes     v2: the decoder alone again, on the world and generic small shapes
+              (micro/shapes.py; never the subject)
+   unet16     v2: the UNet with cross-attention at 16x16 too, warm-started from v1's
+              UNet and text encoder (from --from-model, or this run's unet stage)
 4. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
-              a sample grid in outputs/micro_pretraining_samples.png
+              a sample grid in outputs/micro_pretraining_samples.png; it takes v2's
+              decoder and UNet where those stages ran
+
+    python -m micro.pretrain --stage shapes --from-model models/micro   # v2's stages from the shipped v1
 
 The world is procedural, so every random draw is seeded by (seed, stage, batch):
 a resume continues with exactly the batches it would have seen, and the same
