@@ -310,7 +310,9 @@ def world_and_shapes_batch(stage, index, size, seed):
 
 
 def previous_vae(args):
-    """The VAE the shapes stage starts from: --from-model's, else the decoder stage's (or the vae stage's)."""
+    """v1's VAE, which the v2 stages build on: --from-model's, else this run's decoder stage's (or its vae
+    stage's). The shapes stage fine-tunes its decoder; unet16 encodes with its encoder, which no stage
+    after the vae stage changes."""
     if args.from_model:
         from diffusers import AutoencoderKL
 
