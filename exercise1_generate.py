@@ -25,6 +25,7 @@ Run it
 
 from common import prompts
 from common.cli import make_parser
+from common.course_page import write_course_page
 from common.errors import run_script
 from common.generation import generate
 from common.grids import enlarged, image_grid, labelled_grid
@@ -92,6 +93,7 @@ def main(argv=None):
                 out / "exercise1_with_vs_without_token.png")
     print(f"wrote {out / 'exercise1_output.png'}, {out / 'exercise1_grid_simple.png'}, "
           f"{out / 'exercise1_with_vs_without_token.png'} and {len(images)} images in {out / 'exercise1_variations'}")
+    write_course_page(out)  # outputs/index.html: the course's pictures so far, on one page
 
 
 if __name__ == "__main__":

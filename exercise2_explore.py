@@ -29,6 +29,7 @@ Run it
 
 from common import prompts
 from common.cli import make_parser
+from common.course_page import write_course_page
 from common.errors import run_script
 from common.generation import generate
 from common.grids import labelled_grid
@@ -102,6 +103,7 @@ def main(argv=None):
             out / "exercise2_seed_comparison.png"))
 
     print("wrote " + ", ".join(str(path) for path in written))
+    write_course_page(out)  # outputs/index.html: the course's pictures so far, on one page
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from pathlib import Path
 from common.adapters import fuse_lora, load_lora, load_textual_inversion, read_lora, read_textual_inversion
 from common.cli import make_parser, resolve_batch_size
 from common.clip_dino import CLIP_MODEL, DINO_MODEL
+from common.course_page import write_course_page
 from common.device import pick_device
 from common.errors import run_script
 from common.generation import generate
@@ -238,6 +239,7 @@ def measure(args, device, dtype, where):
                 out / "exercise3_measured.png")
     print(paper_report.markdown(report))
     print(f"wrote {out / 'exercise3_measured.md'}, {out / 'exercise3_measured.json'}, {out / 'exercise3_measured.png'}")
+    write_course_page(out)  # outputs/index.html: the course's pictures so far, on one page
 
 
 def main(argv=None):
@@ -283,6 +285,7 @@ def main(argv=None):
                            suptitle="Same prompts and seeds: base / textual inversion / LoRA")
     path = save_figure(figure, args.output_dir / "exercise3_ti_vs_lora.png")
     print(f"wrote {path}")
+    write_course_page(args.output_dir)  # outputs/index.html: the course's pictures so far, on one page
 
 
 if __name__ == "__main__":

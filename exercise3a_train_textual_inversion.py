@@ -29,6 +29,8 @@ outputs/exercise3a_loss_curve.png             raw (faint) and smoothed (bold) lo
                                               loss on the same noise every time
 outputs/exercise3a_summary.json               updates, time of each phase, final loss, file size, settings
 models/fabric_textual_inversion/learned_embeds.safetensors    use it with --ti-file
+models/fabric_textual_inversion/african-fabric.safetensors    the same word for AUTOMATIC1111 and ComfyUI
+                                                              (prompt: african-fabric), and a model card
 
 Run it
 ------
@@ -112,7 +114,10 @@ def main(argv=None):
     from common.saving import save_json, save_safetensors
     from common.training import adamw, average_gradients_across_processes, make_accelerator
     from common.training_images import load_training_images
+    from common.model_card import GRID, last_progress_grid, write_embedding_card
+    from common.course_page import write_course_page
     from common.training_run import PhaseClock, TrainingRun
+    from common.web_ui_files import embedding_file_name, save_web_ui_embedding
 
     # -----------------------------------------------------------------------
     # Step 1: check everything a mistake could break before any work starts.
@@ -122,7 +127,9 @@ def main(argv=None):
     resolve_training_defaults(args)  # what each "auto" flag means for this base
     images = load_training_images(args.instance_dir, args.resolution, alpha_background=args.alpha_background)
     settings = fingerprint(args, RESUME_SETTINGS, num_instance_images=len(images))
-    checkpoint = prepare_run(args, settings, [EMBEDDING_FILE])
+    # the web UIs' copy of the word is named after it; a token that makes no file name stops here
+    web_ui_file = embedding_file_name(args.placeholder_token)
+    checkpoint = prepare_run(args, settings, [EMBEDDING_FILE, web_ui_file, GRID])
 
     # -----------------------------------------------------------------------
     # Step 2: load the frozen model; add the new word and its one trainable vector.
@@ -200,6 +207,14 @@ def main(argv=None):
                "settings": settings}
     summary_path = save_json(summary, args.output_dir / "exercise3a_summary.json")
     print(f"wrote {path} ({path.stat().st_size} bytes, token {args.placeholder_token}), {figure}, {summary_path}")
+
+    # The same word for AUTOMATIC1111 and ComfyUI, which name it after its file, and a model card.
+    save_web_ui_embedding(args.placeholder_token, vector, args.adapter_dir / web_ui_file, overwrite=True)
+    card = write_embedding_card(args.adapter_dir, base_model=args.base_model, where=where, args=args, summary=summary,
+                                embedding_file=EMBEDDING_FILE, web_ui_file=web_ui_file,
+                                grid=last_progress_grid(args.output_dir / "training_progress_ti"))
+    print(f"for the web UIs: {args.adapter_dir / web_ui_file}" + (f"; model card {card}" if card else ""))
+    write_course_page(args.output_dir)  # outputs/index.html: the course's pictures so far, on one page
     print(run.describe())
     return pipe, vector  # for inspection (the tests check that nothing else changed)
 

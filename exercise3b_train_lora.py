@@ -30,7 +30,9 @@ outputs/exercise3b_loss_curves.png               total, instance and prior loss,
                                                  loss falls while the class loss stays
 outputs/exercise3b_summary.json                  updates, time of each phase, final losses, sizes, settings
 models/fabric_lora/                              the adapter, in PEFT and diffusers format
-                                                 (on micro: models/micro_trained/fabric_lora/)
+                                                 (on micro: models/micro_trained/fabric_lora/), with
+                                                 fabric_lora_kohya.safetensors for AUTOMATIC1111 and
+                                                 ComfyUI, and a model card (README.md)
 
 Run it
 ------
@@ -181,7 +183,9 @@ def main(argv=None):
     from common.encoded_examples import EncodedExamples, encode_prompt
     from common.evaluation_loss import EvaluationLoss
     from common.identifier_embeddings import attach, identifier_token_ids, save_identifier_embeddings
+    from common.adapters import read_lora
     from common.lora_saving import save_lora
+    from common.model_card import GRID, last_progress_grid, write_lora_card
     from common.lora_training import (TEXT_ENCODER_LORA_TARGETS, add_lora, check_lora_targets,
                                       compute_lora_in_autocast_precision)
     from common.pipeline import load_pipeline, print_banner
@@ -189,7 +193,9 @@ def main(argv=None):
     from common.training import (adamw, average_gradients_across_processes, gradient_checkpointing_needed,
                                  make_accelerator, prepare_trained_model)
     from common.training_images import load_training_images
+    from common.course_page import write_course_page
     from common.training_run import PhaseClock, TrainingRun
+    from common.web_ui_files import kohya_file_name, save_kohya_lora
 
     # -----------------------------------------------------------------------
     # Step 1: check everything a mistake could break before any work starts.
@@ -201,7 +207,8 @@ def main(argv=None):
     settings = fingerprint(args, RESUME_SETTINGS, num_instance_images=len(instance_images),
                            identifier_learning_rate=args.identifier_learning_rate if args.train_identifier else None,
                            num_class_images=args.num_class_images if args.prior_preservation else 0)
-    checkpoint = prepare_run(args, settings, ADAPTER_FILES)
+    # the web UIs' single file and the card's copy of the last grid are the run's too
+    checkpoint = prepare_run(args, settings, ADAPTER_FILES + [kohya_file_name(args.adapter_dir), GRID])
 
     # -----------------------------------------------------------------------
     # Step 2: Accelerate decides where each process runs (one CPU, one GPU, or
@@ -345,6 +352,22 @@ def main(argv=None):
     summary_path = save_json(summary, args.output_dir / "exercise3b_summary.json")
     print(f"wrote {args.adapter_dir} ({summary['lora_layers']} LoRA layers, scale {args.lora_alpha / args.rank}), "
           f"{figure}, {summary_path}")
+
+    # -----------------------------------------------------------------------
+    # Step 7: the same LoRA for other tools. AUTOMATIC1111 and ComfyUI read one
+    # file in kohya's layout (converted from the files just written, at the
+    # trained scale), and every adapter folder gets a model card.
+    # -----------------------------------------------------------------------
+    kohya_name = kohya_file_name(args.adapter_dir)
+    layers = save_kohya_lora(read_lora(args.adapter_dir), args.adapter_dir / kohya_name, overwrite=True)
+    card = write_lora_card(args.adapter_dir, base_model=args.base_model, where=where, args=args, summary=summary,
+                           kohya_name=kohya_name, layers=layers,
+                           identifier_file="identifier_embeddings.safetensors" if identifier is not None else None,
+                           grid=last_progress_grid(args.output_dir / "training_progress_lora"))
+    print(f"for the web UIs: {args.adapter_dir / kohya_name}"
+          + (" (the identifier's trained embeddings are not in that layout)" if identifier is not None else "")
+          + (f"; model card {card}" if card else ""))
+    write_course_page(args.output_dir)  # outputs/index.html: the course's pictures so far, on one page
     print(run.describe())
     if args.base_model == MICRO and (REPO / "models" / "micro_judge").is_dir():
         print(f"measure what it learned: python -m micro.evaluate --lora-dir {args.adapter_dir} --subject-only")

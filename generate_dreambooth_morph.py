@@ -33,6 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from common import prompts
 from common.cli import make_parser, positive_float, positive_int
+from common.course_page import write_course_page
 from common.errors import run_script
 from common.generation import generate, seeded_generator
 from common.grids import enlarged
@@ -126,6 +127,7 @@ def main(argv=None):
                   f"frame = {100 / delay:.1f} fps; the loop plays in {args.frames * delay / 100:.1f} s")
         path = save_gif(gif_frames.frames(), args.output_dir / "dreambooth_morph.gif", delay)
     print(f"wrote {path}: {args.frames} frames, {args.keyframes} keyframes, '{prompt}'")
+    write_course_page(args.output_dir)  # outputs/index.html: the course's pictures so far, on one page
 
 
 if __name__ == "__main__":

@@ -72,3 +72,42 @@ def test_release_textual_inversion_adds_its_token(tmp_path, release_dir):
     assert token_id == vocab_size
     vector = load_file(str(file))["<african-fabric>"]
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[token_id], vector)
+
+
+def test_release_lora_exported_for_the_web_uis_loads_128_layers_at_scale_8(sd15_unet, release_dir, tmp_path):
+    """The course's release through export_adapter's conversion, read back by plain diffusers' loader
+    of kohya's layout: the same 128 layers at scale 8.0, the same prediction as this repo's loader."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    from common.adapters import injected_lora_layers, read_lora
+    from common.web_ui_files import save_kohya_lora
+
+    class Parts(StableDiffusionLoraLoaderMixin, UNetOnly):
+        """What diffusers' load_lora_weights touches of a pipeline: the UNet (the release has no text encoder)."""
+
+        hf_device_map = None  # not spread over devices
+
+        @property
+        def components(self):
+            return {"unet": self.unet}
+
+    unet = sd15_unet
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    context = torch.randn(1, 77, 768, generator=generator)
+    kohya_file = tmp_path / "fabric_lora_kohya.safetensors"
+    assert save_kohya_lora(read_lora(release_dir / "fabric_lora"), kohya_file) == {"unet": 128}
+    with torch.no_grad():
+        before = unet(sample, 500, context).sample
+        load_lora(UNetOnly(unet), release_dir / "fabric_lora", adapter_name="ours")
+        ours = unet(sample, 500, context).sample
+        unet.delete_adapters("ours")
+        parts = Parts(unet)
+        parts.load_lora_weights(str(kohya_file), adapter_name="web_ui")
+        layers = injected_lora_layers(parts, "web_ui")
+        assert len(layers) == 128 and {float(layer.scaling["web_ui"]) for layer in layers} == {8.0}
+        theirs = unet(sample, 500, context).sample
+    unet.delete_adapters("web_ui")
+    scale = ours.abs().max()
+    assert (ours - theirs).abs().max() <= 1e-5 * scale
+    assert (ours - before).abs().max() >= 1e-2 * before.abs().max()

@@ -407,3 +407,25 @@ def test_compiled_training_saves_the_same_kind_of_adapter(tiny_pipeline_dir, ins
         assert compiled_history["total"][0] == pytest.approx(eager_history["total"][0], rel=1e-4)
     # nothing compiled without --compile; blocks: many small graphs, one per kind of block and shape
     assert graphs["eager"] == 0 and 0 < graphs["model"] < graphs["blocks"], graphs
+
+
+def test_model_card_and_web_ui_file_and_a_users_readme_survives(tiny_pipeline_dir, instance_dir, tmp_path):
+    from huggingface_hub import ModelCard
+    from safetensors.torch import load_file
+
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path / "a", "--max-train-steps", 2,
+                                        "--progress-every", 1, "--train-text-encoder")) == 0
+    card = ModelCard.load(tmp_path / "a" / "lora" / "README.md")
+    assert card.data.base_model == str(tiny_pipeline_dir)
+    assert card.data.instance_prompt == trainer.INSTANCE_PROMPT and {"lora", "dreambooth"} <= set(card.data.tags)
+    assert "lora_kohya.safetensors" in card.text and "| lora_alpha | 32 |" in card.text
+    kohya = load_file(str(tmp_path / "a" / "lora" / "lora_kohya.safetensors"))
+    assert any(key.startswith("lora_te1_") for key in kohya) and any(key.startswith("lora_unet_") for key in kohya)
+
+    # a README the user wrote in the adapter folder is theirs: the run writes everything else, not that
+    users = tmp_path / "b" / "lora" / "README.md"
+    users.parent.mkdir(parents=True)
+    users.write_text("# my notes on this adapter\n")
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path / "b", "--max-train-steps", 2)) == 0
+    assert users.read_text() == "# my notes on this adapter\n"
+    assert (tmp_path / "b" / "lora" / "lora_kohya.safetensors").is_file()

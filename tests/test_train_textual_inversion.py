@@ -50,6 +50,23 @@ def test_embedding_file_loads_with_diffusers(tiny_pipeline_dir, instance_dir, tm
     token_id = pipe.tokenizer.convert_tokens_to_ids("<african-fabric>")
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[token_id], saved["<african-fabric>"])
 
+    # the same word in AUTOMATIC1111's layout, which plain diffusers reads too, given the token
+    web_ui_file = tmp_path / "ti" / "african-fabric.safetensors"
+    assert list(load_file(str(web_ui_file))) == ["emb_params"]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir, safety_checker=None)
+    pipe.load_textual_inversion(str(web_ui_file), token="<african-fabric>")
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<african-fabric>")
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[token_id], saved["<african-fabric>"])
+
+    # the model card: its metadata reads back, and it shows the last progress grid, copied beside it
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "ti" / "README.md")
+    assert card.data.base_model == str(tiny_pipeline_dir) and "textual-inversion" in card.data.tags
+    assert "<african-fabric>" in card.data.instance_prompt and "(progress_grid.png)" in card.text
+    last_grid = sorted((tmp_path / "out" / "training_progress_ti").glob("step_*.png"))[-1]
+    assert (tmp_path / "ti" / "progress_grid.png").read_bytes() == last_grid.read_bytes()
+
 
 def test_textual_inversion_resume_is_exact(tiny_pipeline_dir, instance_dir, tmp_path):
     for name, runs in {"straight": [["--max-train-steps", 4]],
