@@ -27,6 +27,7 @@ command on a GPU trains on the same images as on a CPU.
 
 import argparse
 import collections
+import math
 import multiprocessing
 import textwrap
 import time
@@ -43,7 +44,8 @@ from micro import world
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "models" / "micro_pretraining"
 OUT = REPO / "models" / "micro"
-STAGE_SEEDS = {"vae": 1, "latents": 2, "unet": 3, "decoder": 4, "shapes": 5, "shape-latents": 6, "unet16": 7}
+STAGE_SEEDS = {"vae": 1, "latents": 2, "unet": 3, "decoder": 4, "shapes": 5, "shape-latents": 6, "unet16": 7,
+               "vae2": 8}
 # v2 (the "unet16" stage): cross-attention at 16x16 too, where a rosette is a few latent pixels
 # wide rather than one. Only cross-attention there: the prompt reaches the level, while
 # self-attention over its 256 positions stays out (the cost measured for v1). Two cross-attention
@@ -120,7 +122,7 @@ def run_stage(folder, models, steps, lr, batches, loss_fn, seed, ema_decay=None,
 
     from common.errors import UserError
     from common.saving import save_json
-    from common.checkpoints import load_checkpoint, save_checkpoint
+    from common.checkpoints import damage, load_checkpoint, newest_intact, prune_checkpoints, save_checkpoint
     from common.training_run import plot_loss_curves, smooth
 
     name = folder.name
@@ -135,9 +137,19 @@ def run_stage(folder, models, steps, lr, batches, loss_fn, seed, ema_decay=None,
     checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     checkpoints = [p for p in checkpoints if (p / "training_state.json").is_file()]
     if checkpoints:
-        state = load_checkpoint(checkpoints[-1], {**parameters, **averaged}, optimizer, schedule, generator)
+        # a job killed while writing, or a full disk, leaves the newest checkpoint cut short: the one
+        # before it (two are kept) resumes the same training a few hundred updates earlier
+        intact = newest_intact(folder)
+        if intact is None:
+            bad_file, problem = damage(checkpoints[-1])
+            raise UserError(f"{checkpoints[-1] / bad_file} is damaged ({problem}) and no intact checkpoint is "
+                            f"left; delete {folder} to start this stage afresh")
+        if intact != checkpoints[-1]:
+            bad_file, problem = damage(checkpoints[-1])
+            print(f"warning: {checkpoints[-1] / bad_file} is damaged ({problem}); resuming from {intact} instead")
+        state = load_checkpoint(intact, {**parameters, **averaged}, optimizer, schedule, generator)
         if state["settings"] != settings:
-            raise UserError(f"{checkpoints[-1]} was trained with {state['settings']}, not {settings}; "
+            raise UserError(f"{intact} was trained with {state['settings']}, not {settings}; "
                             f"delete {folder} to start this stage afresh")
         start, history, seconds = state["update"], state["history"], state["seconds"]
         print(f"{name}: resuming at update {start}")
@@ -165,11 +177,7 @@ def run_stage(folder, models, steps, lr, batches, loss_fn, seed, ema_decay=None,
             save_checkpoint(folder / f"checkpoint-{done}", {**parameters, **averaged}, optimizer, schedule,
                             generator, {"update": done, "history": history, "seconds": elapsed,
                                         "settings": settings})
-            for old in folder.glob("checkpoint-*"):
-                if old.name != f"checkpoint-{done}":
-                    for path in old.iterdir():
-                        path.unlink()
-                    old.rmdir()
+            prune_checkpoints(folder, keep=2)
             plot_loss_curves({name: history}, plot_dir / f"micro_pretraining_{name}_loss.png",
                              f"micro model pretraining: {name}")
             save_json({"updates": done, "seconds": round(elapsed, 1), "loss": round(smooth(history)[-1], 5),
@@ -207,11 +215,53 @@ def load_final(models, folder):
 
 # --- the networks ---
 
-def make_vae():
+def vae_config(widen=1, levels=3):
+    """VAE_CONFIG with every block `widen` times as wide, and `levels` levels (3: 16x16 latents, as v1;
+    2: 32x32). The groups of its GroupNorms widen with it, so a group keeps v1's number of channels
+    (which is what lets `widened_vae` place v1 inside it exactly)."""
+    channels = tuple(widen * c for c in VAE_CONFIG["block_out_channels"][:levels])
+    return {**VAE_CONFIG, "block_out_channels": channels, "norm_num_groups": widen * VAE_CONFIG["norm_num_groups"],
+            "down_block_types": VAE_CONFIG["down_block_types"][:levels],
+            "up_block_types": VAE_CONFIG["up_block_types"][:levels]}
+
+
+def make_vae(widen=1, levels=3):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(**VAE_CONFIG)
+    return AutoencoderKL(**vae_config(widen, levels))
+
+
+def widened_vae(vae, widen):
+    """A VAE `widen` times as wide that computes exactly what `vae` computes, to start v2's wider decoder.
+
+    Every weight of `vae` is copied into the leading channels of the wide one. In the encoder the new
+    channels stay zero (a GroupNorm over a group of zeros gives its bias, here 0), so the wide encoder
+    gives v1's latents to the last bit of arithmetic and the UNet trained on them keeps working. In the
+    decoder the new channels start at their random initialisation but feed nothing of v1's yet (their
+    outgoing weights are zero, as are the new rows of the attention's keys): it starts drawing exactly
+    as v1 and training grows the new channels into use (the function-preserving widening of Net2Net,
+    Chen et al., 2016).
+    """
+    wide = make_vae(widen)
+    old_state, new_state = vae.state_dict(), wide.state_dict()
+    with torch.no_grad():
+        for name, old in old_state.items():
+            new = new_state[name]
+            if name.startswith(("encoder.", "quant_conv.")):
+                new.zero_()
+            elif new.dim() >= 2 and new.shape[1] > old.shape[1]:
+                new[:old.shape[0], old.shape[1]:] = 0  # new channels -> v1's channels: zero at the start
+            if name.endswith("attentions.0.to_k.weight") or name.endswith("attentions.0.to_k.bias"):
+                new[old.shape[0]:] = 0  # the new key dimensions add nothing to v1's attention scores
+            new[tuple(slice(0, size) for size in old.shape)] = old
+            if name.endswith(("attentions.0.to_q.weight", "attentions.0.to_q.bias")):
+                # one head as wide as the channels, so its 1/sqrt(width) scale shrinks: v1's queries
+                # are scaled up to keep v1's attention scores
+                new *= math.sqrt(new.shape[0] / old.shape[0])
+    wide.load_state_dict(new_state)
+    wide.register_to_config(scaling_factor=vae.config.scaling_factor)
+    return wide
 
 
 def make_text_encoder(tokenizer, width, layers):
@@ -255,13 +305,14 @@ def train_vae(args, device):
     return vae
 
 
-def decoder_loss(vae, device):
+def decoder_loss(vae, device, encoder=None):
     """The decoder-only loss: the frozen encoder's latent (sampled from its posterior) decoded again,
-    scored by L1, MSE and an L1 loss on image gradients (edges)."""
+    scored by L1, MSE and an L1 loss on image gradients (edges). `encoder`: a VAE whose encoder computes
+    the same as `vae`'s at less cost (v1's, inside a widened VAE)."""
     def loss_fn(pixels_and_specs, update, generator):
         images = to_tensor(pixels_and_specs[0]).to(device)
         with torch.no_grad():
-            posterior = vae.encode(images).latent_dist
+            posterior = (encoder or vae).encode(images).latent_dist
             noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
             latent = posterior.mean + posterior.std * noise
         reconstruction = vae.decode(latent).sample
@@ -291,15 +342,15 @@ def train_decoder(args, device):
     return vae
 
 
-def world_and_shapes_batch(stage, index, size, seed):
-    """(uint8 pixels, specs): batch `index` of `stage`, a quarter fabric-world pictures (so that the
-    decoder keeps drawing them) and three quarters generic shapes (micro/shapes.py; never the subject)."""
+def world_and_shapes_batch(stage, index, size, seed, world_every=4):
+    """(uint8 pixels, specs): batch `index` of `stage`, one picture in `world_every` from the fabric world
+    (so that the decoder keeps drawing it) and the rest generic shapes (micro/shapes.py; never the subject)."""
     from micro.shapes import random_shape_picture
 
     rng = np.random.default_rng([seed, STAGE_SEEDS[stage], index])
     pictures, specs = [], []
     for row in range(size):
-        if row % 4:
+        if row % world_every:
             picture, spec = random_shape_picture(rng)
         else:
             spec = world.random_spec(rng)
@@ -326,13 +377,47 @@ def train_shape_decoder(args, device):
     world's families have no small points, so a decoder trained on them rounds every point off. The
     encoder stays frozen, so the UNet's latents do not change, and the subject is never among the
     shapes. (Training the encoder too did not keep the points either: docs/micro_model.md.)"""
-    vae = freeze_encoder(previous_vae(args).to(device))
+    v1 = previous_vae(args).to(device).requires_grad_(False)
+    vae = freeze_encoder(widened_vae(v1, args.vae_widen).to(device) if args.vae_widen > 1 else v1)
     batches = lambda start: prefetch(partial(world_and_shapes_batch, "shapes", size=args.vae_batch, seed=args.seed),
                                      range(start, args.shape_decoder_steps), args.workers)
+    settings = {"batch": args.vae_batch, "from": str(args.from_model)}
+    if args.vae_widen > 1:
+        settings["widen"] = args.vae_widen
     run_stage(args.work_dir / "shapes", [vae], args.shape_decoder_steps, args.shape_decoder_lr, batches,
-              decoder_loss(vae, device), args.seed, settings={"batch": args.vae_batch, "from": str(args.from_model)},
-              plot_dir=args.outputs_dir)
+              decoder_loss(vae, device, encoder=v1), args.seed, settings=settings, plot_dir=args.outputs_dir)
     return vae
+
+
+def train_vae2(args, device):
+    """v2's VAE, whole and from scratch, on the fabric world and generic shapes (half each; never the
+    subject): unlike the decoder-only stages, its encoder learns to keep small points in the latents too.
+    `--vae2-levels 2` makes its latents 32x32 (one downsampling fewer than v1's 16x16)."""
+    vae = make_vae(levels=args.vae2_levels).to(device)
+
+    def loss_fn(pixels_and_specs, update, generator):
+        images = to_tensor(pixels_and_specs[0]).to(device)
+        posterior = vae.encode(images).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
+        reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        edges = sum(F.l1_loss(reconstruction.diff(dim=axis), images.diff(dim=axis)) for axis in (-1, -2))
+        return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + edges + 1e-4 * kl
+
+    batches = lambda start: prefetch(partial(world_and_shapes_batch, "vae2", size=args.vae_batch, seed=args.seed,
+                                             world_every=2), range(start, args.vae2_steps), args.workers)
+    run_stage(args.work_dir / "vae2", [vae], args.vae2_steps, 1e-3, batches, loss_fn, args.seed,
+              settings={"batch": args.vae_batch, "levels": args.vae2_levels}, plot_dir=args.outputs_dir)
+    return vae
+
+
+def shapes_stage_vae(folder):
+    """The shapes stage's VAE, as wide as that stage made it (`--vae-widen`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "final.safetensors"), "pt") as weights:
+        width = weights.get_slice("0.encoder.conv_in.weight").get_shape()[0]
+    return load_final([make_vae(width // VAE_CONFIG["block_out_channels"][0])], folder)[0]
 
 
 def latent_scaling_factor(vae, seed, device):
@@ -520,7 +605,7 @@ def assemble(args, tokenizer, device):
     # the newest decoder that ran (every stage keeps the vae stage's encoder), and v2's UNet where it ran
     done = lambda stage: (args.work_dir / stage / "final.safetensors").is_file()
     if done("shapes"):
-        vae = load_final([make_vae()], args.work_dir / "shapes")[0]
+        vae = shapes_stage_vae(args.work_dir / "shapes")
     else:
         vae = previous_vae(args)
     vae = vae.to(device)
@@ -559,14 +644,20 @@ def assemble(args, tokenizer, device):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "shapes", "unet16",
-                                            "assemble"], default="all")
+    parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "vae2", "shapes",
+                                            "unet16", "assemble"], default="all")
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning; 0 skips it")
     parser.add_argument("--shape-decoder-steps", type=int, default=1500,
                         help="v2: the decoder alone on the world and generic shapes; 0 skips it")
     parser.add_argument("--shape-decoder-lr", type=float, default=5e-4)
+    parser.add_argument("--vae2-steps", type=int, default=2000, help="v2: the whole VAE on the world and shapes")
+    parser.add_argument("--vae2-levels", type=int, default=3, choices=[2, 3],
+                        help="v2's VAE levels: 3 gives 16x16 latents (as v1), 2 gives 32x32")
+    parser.add_argument("--vae-widen", type=int, default=1,
+                        help="v2: the shapes stage's VAE this many times as wide, v1's encoder kept exactly "
+                             "inside it (its latents, and so the UNet, unchanged)")
     parser.add_argument("--from-model", type=Path, default=None,
                         help="a diffusers folder (the v1 model) that the v2 stages start from, instead of "
                              "this run's own earlier stages")
@@ -618,6 +709,8 @@ def main(argv=None):
         train_vae(args, device)
     if args.stage in ("all", "decoder") and args.decoder_steps:
         train_decoder(args, device)
+    if args.stage == "vae2":
+        train_vae2(args, device)
     if args.stage in ("all", "shapes") and args.shape_decoder_steps:
         train_shape_decoder(args, device)
     if args.stage in ("all", "unet"):

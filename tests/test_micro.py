@@ -189,6 +189,20 @@ def test_pretraining_loop_resumes_exactly_and_refuses_other_settings(tmp_path):
     with pytest.raises(UserError, match="delete"):
         train(tmp_path / "stopped", steps=8)
 
+    # the newest checkpoint cut short (a kill while writing): the one before it resumes the same training
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "cut", stop_at=5)
+    assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    newest = tmp_path / "cut" / "checkpoint-4" / "trainable.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-8])
+    resumed = train(tmp_path / "cut")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    for checkpoint in (tmp_path / "cut").glob("checkpoint-*"):  # every checkpoint damaged: one line, what to do
+        trainable = checkpoint / "trainable.safetensors"
+        trainable.write_bytes(trainable.read_bytes()[:-8])
+    with pytest.raises(UserError, match="damaged.*delete"):
+        train(tmp_path / "cut", steps=6)
+
 
 def test_lora_sweep_reads_class_prompts_and_tabulates_over_seeds():
     from micro.sweep_lora import SETTINGS, class_prompts_of, tabulate

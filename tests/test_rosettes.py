@@ -79,3 +79,29 @@ def test_v2_unet_starts_as_v1_and_adds_attention_at_16x16(tmp_path):
     with torch.no_grad():
         v2.down_blocks[0].attentions[0].proj_out.weight.normal_()
         assert not torch.allclose(v1(latents, timesteps, prompt).sample, v2(latents, timesteps, prompt).sample)
+
+
+def test_widened_vae_keeps_v1s_latents_exactly_and_grows_a_wider_decoder():
+    from micro import pretrain
+
+    torch.manual_seed(3)
+    v1 = pretrain.make_vae()
+    with torch.no_grad():  # v1 as if trained: no weight at its initial value
+        for parameter in v1.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    wide = pretrain.freeze_encoder(pretrain.widened_vae(v1, 2))
+    assert wide.config.block_out_channels == (64, 128, 128)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        old, new = v1.encode(images).latent_dist, wide.encode(images).latent_dist
+        # the same latents the UNet learned from, up to float summation order
+        assert torch.allclose(old.mean, new.mean, atol=1e-5 * old.mean.abs().max())
+        assert torch.allclose(old.logvar, new.logvar, atol=1e-5 * old.logvar.abs().max())
+        decoded = v1.decode(old.mean).sample
+        assert torch.allclose(decoded, wide.decode(old.mean).sample, atol=1e-5 * decoded.abs().max())
+    # decoder-only training reaches the new channels (no zero saddle) and leaves the encoder as it was
+    loss = (wide.decode(old.mean).sample - images).abs().mean()
+    loss.backward()
+    new_channels = wide.decoder.conv_out.weight.grad[:, 32:]
+    assert new_channels.abs().max() > 0
+    assert all(p.grad is None for p in wide.encoder.parameters())
