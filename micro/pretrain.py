@@ -290,19 +290,29 @@ def fresh_images(stage, steps, args):
 
 def train_vae(args, device):
     vae = make_vae().to(device)
+    run_stage(args.work_dir / "vae", [vae], args.vae_steps, 1e-3, fresh_images("vae", args.vae_steps, args),
+              whole_vae_loss(vae, device), args.seed, settings={"batch": args.vae_batch}, plot_dir=args.outputs_dir)
+    return vae
 
+
+def edge_loss(reconstruction, images):
+    """L1 on the images' gradients: rewards edges, so that small shapes keep their corners."""
+    return sum(F.l1_loss(reconstruction.diff(dim=axis), images.diff(dim=axis)) for axis in (-1, -2))
+
+
+def whole_vae_loss(vae, device, edges=False):
+    """The loss of a VAE trained whole: a latent sampled from the posterior decoded again, scored by
+    L1 and MSE (L1 keeps edges such as dots and stripes sharper than MSE alone), a small KL term, and
+    with `edges` the L1 loss on image gradients."""
     def loss_fn(pixels_and_specs, update, generator):
         images = to_tensor(pixels_and_specs[0]).to(device)
         posterior = vae.encode(images).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
         reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        # L1 keeps edges (dots, stripes) sharper than MSE alone
-        return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + 1e-4 * kl
-
-    run_stage(args.work_dir / "vae", [vae], args.vae_steps, 1e-3, fresh_images("vae", args.vae_steps, args),
-              loss_fn, args.seed, settings={"batch": args.vae_batch}, plot_dir=args.outputs_dir)
-    return vae
+        loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + 1e-4 * kl
+        return loss + edge_loss(reconstruction, images) if edges else loss
+    return loss_fn
 
 
 def decoder_loss(vae, device, encoder=None):
@@ -316,8 +326,7 @@ def decoder_loss(vae, device, encoder=None):
             noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
             latent = posterior.mean + posterior.std * noise
         reconstruction = vae.decode(latent).sample
-        edges = sum(F.l1_loss(reconstruction.diff(dim=axis), images.diff(dim=axis)) for axis in (-1, -2))
-        return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + edges
+        return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + edge_loss(reconstruction, images)
     return loss_fn
 
 
@@ -394,19 +403,10 @@ def train_vae2(args, device):
     subject): unlike the decoder-only stages, its encoder learns to keep small points in the latents too.
     `--vae2-levels 2` makes its latents 32x32 (one downsampling fewer than v1's 16x16)."""
     vae = make_vae(levels=args.vae2_levels).to(device)
-
-    def loss_fn(pixels_and_specs, update, generator):
-        images = to_tensor(pixels_and_specs[0]).to(device)
-        posterior = vae.encode(images).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
-        reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        edges = sum(F.l1_loss(reconstruction.diff(dim=axis), images.diff(dim=axis)) for axis in (-1, -2))
-        return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images) + edges + 1e-4 * kl
-
     batches = lambda start: prefetch(partial(world_and_shapes_batch, "vae2", size=args.vae_batch, seed=args.seed,
                                              world_every=2), range(start, args.vae2_steps), args.workers)
-    run_stage(args.work_dir / "vae2", [vae], args.vae2_steps, 1e-3, batches, loss_fn, args.seed,
+    run_stage(args.work_dir / "vae2", [vae], args.vae2_steps, 1e-3, batches, whole_vae_loss(vae, device, edges=True),
+              args.seed,
               settings={"batch": args.vae_batch, "levels": args.vae2_levels}, plot_dir=args.outputs_dir)
     return vae
 

@@ -161,6 +161,18 @@ def test_decoder_stage_changes_the_decoder_and_keeps_the_latents(tmp_path):
     assert (tmp_path / "outputs" / "micro_pretraining_decoder_loss.png").is_file()
 
 
+def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shapes(tmp_path):
+    from micro import pretrain
+
+    args = _pretrain_args(tmp_path, vae2_levels=2, vae2_steps=2)
+    vae = pretrain.train_vae2(args, torch.device("cpu"))
+    assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 4, 32, 32)
+    untrained = pretrain.make_vae(levels=2).state_dict()
+    for part in ("encoder.", "decoder."):  # both halves learn
+        assert not all(torch.equal(untrained[k], v) for k, v in vae.state_dict().items() if k.startswith(part))
+    assert (tmp_path / "outputs" / "micro_pretraining_vae2_loss.png").is_file()
+
+
 def test_pretraining_loop_resumes_exactly_and_refuses_other_settings(tmp_path):
     from common.errors import UserError
     from micro.pretrain import run_stage
