@@ -411,13 +411,20 @@ def train_vae2(args, device):
     return vae
 
 
-def shapes_stage_vae(folder):
-    """The shapes stage's VAE, as wide as that stage made it (`--vae-widen`)."""
+def stage_vae(folder):
+    """The VAE a stage saved in `folder` (vae, decoder, shapes, vae2), as wide (`--vae-widen`) and with as
+    many levels (`--vae2-levels`) as that stage made it."""
     from safetensors import safe_open
 
-    with safe_open(str(folder / "final.safetensors"), "pt") as weights:
+    from common.errors import UserError
+
+    path = Path(folder) / "final.safetensors"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: give a VAE folder, or a micro.pretrain stage folder that finished")
+    with safe_open(str(path), "pt") as weights:
         width = weights.get_slice("0.encoder.conv_in.weight").get_shape()[0]
-    return load_final([make_vae(width // VAE_CONFIG["block_out_channels"][0])], folder)[0]
+        levels = 1 + max(int(key.split(".")[3]) for key in weights.keys() if key.startswith("0.encoder.down_blocks."))
+    return load_final([make_vae(width // VAE_CONFIG["block_out_channels"][0], levels)], Path(folder))[0]
 
 
 def latent_scaling_factor(vae, seed, device):
@@ -605,7 +612,7 @@ def assemble(args, tokenizer, device):
     # the newest decoder that ran (every stage keeps the vae stage's encoder), and v2's UNet where it ran
     done = lambda stage: (args.work_dir / stage / "final.safetensors").is_file()
     if done("shapes"):
-        vae = shapes_stage_vae(args.work_dir / "shapes")
+        vae = stage_vae(args.work_dir / "shapes")
     else:
         vae = previous_vae(args)
     vae = vae.to(device)

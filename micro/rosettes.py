@@ -21,6 +21,7 @@ one chance rosette is not a pattern.
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -321,6 +322,19 @@ def training_images_round_trip(vae, folder="training_images"):
     return originals, decoded, count_rosettes(decoded)
 
 
+def world_family_after(vae, judge, count=512, seed=CALIBRATION_SEED + 1):
+    """The share of `count` fresh fabric-world pictures whose family the judge still names after the
+    VAE's round trip: how much of the world a decoder keeps (v1's loses diamonds to dots)."""
+    from micro.judge import JUDGE_FAMILIES, to_batch
+
+    rng = np.random.default_rng(seed)
+    specs = [world.random_spec(rng) for _ in range(count)]
+    pictures = np.stack([world.render(spec, 64, int(rng.integers(2 ** 31))) for spec in specs])
+    with torch.no_grad():
+        family = judge(to_batch(list(round_trip(pictures, vae))))[1]["family"].argmax(1)
+    return float((family == torch.tensor([JUDGE_FAMILIES.index(s["family"]) for s in specs])).float().mean())
+
+
 def main(argv=None):
     import argparse
 
@@ -330,7 +344,9 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=100, help="pictures in each set")
     parser.add_argument("--seed", type=int, default=CALIBRATION_SEED + 1,
                         help="the sets' seed (the rules were set on the sets of seed %d)" % CALIBRATION_SEED)
-    parser.add_argument("--vae", default="models/micro/vae", help="the VAE whose round trip is measured")
+    parser.add_argument("--vae", default="models/micro/vae",
+                        help="the VAE whose round trip is measured: a diffusers folder, or a micro.pretrain stage "
+                             "folder (final.safetensors)")
     parser.add_argument("--picture", default="outputs/micro_vae_round_trip.png",
                         help="the instance images above their round trip, to judge by eye")
     args = parser.parse_args(argv)
@@ -341,16 +357,24 @@ def main(argv=None):
 
     from micro.judge import load_judge
 
-    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    if (Path(args.vae) / "final.safetensors").is_file():
+        from micro.pretrain import stage_vae
+
+        vae = stage_vae(args.vae).eval()
+    else:
+        vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    judge = load_judge()
     print("| set | kind | pictures called the subject | rosettes found (positives) / per picture (negatives) "
           "| the judge calls stars |")
     print("|---|---|---|---|---|")
-    for name, kind, called, other, judge_stars in calibration_table(args.count, vae, args.seed, load_judge()):
+    for name, kind, called, other, judge_stars in calibration_table(args.count, vae, args.seed, judge):
         other = f"{other:.1%}" if kind == "positive" else f"{other:.2f}"
         print(f"| {name} | {kind} | {called:.1%} | {other} | {judge_stars:.1%} |")
     originals, decoded, counts = training_images_round_trip(vae)
     print(f"instance images after the VAE: {sum(c >= MIN_ROSETTES for c in counts)} of {len(counts)} show the "
           f"subject's pattern; rosettes per image {counts} (the originals: {count_rosettes(originals)})")
+    print(f"the world after the VAE: the judge names the family of {world_family_after(vae, judge):.1%} of 512 "
+          "fresh pictures")
     grid = np.concatenate([np.concatenate(list(originals), 1), np.concatenate(list(decoded), 1)], 0)
     save_image(Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST),
                args.picture)

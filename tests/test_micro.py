@@ -171,6 +171,9 @@ def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shape
     for part in ("encoder.", "decoder."):  # both halves learn
         assert not all(torch.equal(untrained[k], v) for k, v in vae.state_dict().items() if k.startswith(part))
     assert (tmp_path / "outputs" / "micro_pretraining_vae2_loss.png").is_file()
+    saved = pretrain.stage_vae(tmp_path / "work" / "vae2")  # as micro.rosettes --vae reads a stage's VAE
+    assert saved.config.block_out_channels == (32, 64)
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in vae.state_dict().items())
 
 
 def test_pretraining_loop_resumes_exactly_and_refuses_other_settings(tmp_path):
