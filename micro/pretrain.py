@@ -10,8 +10,11 @@ Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in
    decoder    the decoder alone fine-tuned for sharper edges (the latents stay the same)
 3. unet       UNet2DConditionModel and CLIPTextModel trained together on cached
               VAE latents, with 10% empty captions so classifier-free guidance works
+   vae2       v2 experiment (run by name only): the whole VAE from scratch on the world
+              and generic shapes; --vae2-levels 2 gives 32x32 latents
    shapes     v2: the decoder alone again, on the world and generic small shapes
-              (micro/shapes.py; never the subject)
+              (micro/shapes.py; never the subject); --vae-widen N makes it N times
+              as wide around v1's exact encoder
    unet16     v2: the UNet with cross-attention at 16x16 too, warm-started from v1's
               UNet and text encoder (from --from-model, or this run's unet stage)
 4. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
