@@ -76,6 +76,30 @@ def resolve_pictures(outputs, entry):
              f" ({'first' if path == steps[0] and len(chosen) > 1 else 'last'} progress grid)") for path in chosen]
 
 
+def look_at_html(text):
+    """A docstring's two columns ("path   what it shows", continued on indented lines) as a definition
+    list, and its other lines as paragraphs: a narrow column re-wraps them without mixing the two."""
+    blocks, entry = [], None  # blocks: ("dl", [[name, text], ...]) or ("p", text)
+    for line in text.splitlines():
+        name, gap, rest = line.partition("  ")
+        if not line.strip():
+            entry = None
+        elif line[0] == " " and entry is not None:
+            entry[1] += " " + line.strip()
+        elif gap and not line[0].isspace():
+            entry = [name, rest.strip()]
+            if not blocks or blocks[-1][0] != "dl":
+                blocks.append(("dl", []))
+            blocks[-1][1].append(entry)
+        elif blocks and blocks[-1][0] == "p":
+            blocks[-1] = ("p", blocks[-1][1] + " " + line.strip())
+        else:
+            blocks.append(("p", line.strip()))
+    return "\n".join(
+        "<dl>" + "".join(f"<dt><code>{html.escape(n)}</code></dt><dd>{html.escape(t)}</dd>" for n, t in rows) + "</dl>"
+        if kind == "dl" else f"<p>{html.escape(rows)}</p>" for kind, rows in blocks)
+
+
 def section_html(outputs, section):
     parts = [f'<section id="{Path(section.script).stem}">', f"<h2>{html.escape(section.title)}</h2>",
              f"<p class=\"run\">Run: <code>{html.escape(section.command)}</code></p>", '<div class="row">',
@@ -90,7 +114,7 @@ def section_html(outputs, section):
                 parts.append(f'<p class="missing">{html.escape(relative)}: not made yet; '
                              f'<code>{html.escape(command)}</code> makes it</p>')
     parts.append("</div>")
-    parts.append(f'<aside><h3>What to look at</h3><pre>{html.escape(what_to_look_at(section.script))}</pre>')
+    parts.append(f'<aside><h3>What to look at</h3>{look_at_html(what_to_look_at(section.script))}')
     for relative, what, command in section.links:
         if (outputs / relative).is_file():
             parts.append(f'<p><a href="{html.escape(relative)}">{html.escape(relative)}</a>: {html.escape(what)}</p>')
@@ -106,7 +130,7 @@ h1{margin-bottom:0.2em} section{border-top:1px solid #ccc;padding:1em 0}
 .row{display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap}
 .pictures{flex:3;min-width:420px} aside{flex:2;min-width:320px;background:#f6f4ef;padding:0.5em 1em}
 figure{margin:0 0 1.2em 0} img{max-width:100%;width:820px;image-rendering:pixelated;border:1px solid #ddd}
-figcaption{font-size:0.85em;color:#555} pre{white-space:pre-wrap;font-size:0.85em}
+figcaption{font-size:0.85em;color:#555} dt{margin-top:0.6em} dd{margin:0.2em 0 0 1.2em}
 .missing{color:#a33} code{background:#eee;padding:0 0.3em}"""
 
 

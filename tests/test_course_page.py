@@ -4,7 +4,7 @@ from html.parser import HTMLParser
 
 from PIL import Image
 
-from common.course_page import COURSE, what_to_look_at, write_course_page
+from common.course_page import COURSE, look_at_html, what_to_look_at, write_course_page
 from tests.helpers import TINY, run_main
 
 
@@ -45,7 +45,8 @@ def test_every_picture_on_the_page_is_a_file_and_missing_ones_name_their_command
     assert "exercise2_style_grid.png: not made yet; <code>python exercise2_explore.py</code> makes it" in text
     assert "<code>python exercise3_compare.py --measure</code> makes it" in text
     for section in COURSE:  # each script's own "what to look at", beside its pictures
-        assert what_to_look_at(section.script).splitlines()[0].replace("<", "&lt;") in text
+        first_path = what_to_look_at(section.script).split()[0]
+        assert f"<dt><code>{first_path.replace('<', '&lt;')}</code></dt>" in text
     assert "<script" not in text and "http" not in text  # static, nothing from the network
 
 
@@ -58,3 +59,16 @@ def test_a_script_rewrites_the_page_with_its_pictures(tiny_pipeline_dir, tiny_lo
     reader = read_page(out / "index.html")
     assert {"exercise1_output.png", "exercise1_with_vs_without_token.png"} <= set(reader.images)
     assert all((out / src).is_file() for src in reader.images)
+
+
+def test_what_to_look_at_keeps_its_two_columns_apart_when_rewrapped():
+    text = ("outputs/a.png      the first picture, whose text\n"
+            "                   goes on here\n"
+            "outputs/<b>.png    the second\n"
+            "\n"
+            "A paragraph of prose\n"
+            "on two lines.")
+    assert look_at_html(text) == (
+        "<dl><dt><code>outputs/a.png</code></dt><dd>the first picture, whose text goes on here</dd>"
+        "<dt><code>outputs/&lt;b&gt;.png</code></dt><dd>the second</dd></dl>\n"
+        "<p>A paragraph of prose on two lines.</p>")
