@@ -218,21 +218,22 @@ def load_final(models, folder):
 
 # --- the networks ---
 
-def vae_config(widen=1, levels=3):
-    """VAE_CONFIG with every block `widen` times as wide, and `levels` levels (3: 16x16 latents, as v1;
-    2: 32x32). The groups of its GroupNorms widen with it, so a group keeps v1's number of channels
-    (which is what lets `widened_vae` place v1 inside it exactly)."""
+def vae_config(widen=1, levels=3, latent_channels=4):
+    """VAE_CONFIG with every block `widen` times as wide, `levels` levels (3: 16x16 latents, as v1;
+    2: 32x32) and `latent_channels` channels in the latents (SD 1.5: 4; SD 3: 16). The groups of its
+    GroupNorms widen with it, so a group keeps v1's number of channels (which is what lets
+    `widened_vae` place v1 inside it exactly)."""
     channels = tuple(widen * c for c in VAE_CONFIG["block_out_channels"][:levels])
     return {**VAE_CONFIG, "block_out_channels": channels, "norm_num_groups": widen * VAE_CONFIG["norm_num_groups"],
             "down_block_types": VAE_CONFIG["down_block_types"][:levels],
-            "up_block_types": VAE_CONFIG["up_block_types"][:levels]}
+            "up_block_types": VAE_CONFIG["up_block_types"][:levels], "latent_channels": latent_channels}
 
 
-def make_vae(widen=1, levels=3):
+def make_vae(widen=1, levels=3, latent_channels=4):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(**vae_config(widen, levels))
+    return AutoencoderKL(**vae_config(widen, levels, latent_channels))
 
 
 def widened_vae(vae, widen):
@@ -405,12 +406,13 @@ def train_vae2(args, device):
     """v2's VAE, whole and from scratch, on the fabric world and generic shapes (half each; never the
     subject): unlike the decoder-only stages, its encoder learns to keep small points in the latents too.
     `--vae2-levels 2` makes its latents 32x32 (one downsampling fewer than v1's 16x16)."""
-    vae = make_vae(levels=args.vae2_levels).to(device)
+    vae = make_vae(levels=args.vae2_levels, latent_channels=args.vae2_latent_channels).to(device)
     batches = lambda start: prefetch(partial(world_and_shapes_batch, "vae2", size=args.vae_batch, seed=args.seed,
                                              world_every=2), range(start, args.vae2_steps), args.workers)
     run_stage(args.work_dir / "vae2", [vae], args.vae2_steps, 1e-3, batches, whole_vae_loss(vae, device, edges=True),
               args.seed,
-              settings={"batch": args.vae_batch, "levels": args.vae2_levels}, plot_dir=args.outputs_dir)
+              settings={"batch": args.vae_batch, "levels": args.vae2_levels, "latent_channels": args.vae2_latent_channels},
+              plot_dir=args.outputs_dir)
     return vae
 
 
@@ -427,7 +429,9 @@ def stage_vae(folder):
     with safe_open(str(path), "pt") as weights:
         width = weights.get_slice("0.encoder.conv_in.weight").get_shape()[0]
         levels = 1 + max(int(key.split(".")[3]) for key in weights.keys() if key.startswith("0.encoder.down_blocks."))
-    return load_final([make_vae(width // VAE_CONFIG["block_out_channels"][0], levels)], Path(folder))[0]
+        latent_channels = weights.get_slice("0.post_quant_conv.weight").get_shape()[0]
+    return load_final([make_vae(width // VAE_CONFIG["block_out_channels"][0], levels, latent_channels)],
+                      Path(folder))[0]
 
 
 def latent_scaling_factor(vae, seed, device):
@@ -665,6 +669,8 @@ def build_parser():
     parser.add_argument("--vae2-steps", type=int, default=2000, help="v2: the whole VAE on the world and shapes")
     parser.add_argument("--vae2-levels", type=int, default=3, choices=[2, 3],
                         help="v2's VAE levels: 3 gives 16x16 latents (as v1), 2 gives 32x32")
+    parser.add_argument("--vae2-latent-channels", type=int, default=4,
+                        help="v2's VAE: channels of its latents (16 keeps more detail at 16x16, as SD 3's VAE)")
     parser.add_argument("--vae-widen", type=int, default=1,
                         help="v2: the shapes stage's VAE this many times as wide, v1's encoder kept exactly "
                              "inside it (its latents, and so the UNet, unchanged)")
