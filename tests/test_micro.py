@@ -164,7 +164,7 @@ def test_decoder_stage_changes_the_decoder_and_keeps_the_latents(tmp_path):
 def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shapes(tmp_path):
     from micro import pretrain
 
-    args = _pretrain_args(tmp_path, vae2_levels=2, vae2_steps=2)
+    args = _pretrain_args(tmp_path, vae2_levels=2, vae2_steps=2, vae2_latent_channels=4)
     vae = pretrain.train_vae2(args, torch.device("cpu"))
     assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 4, 32, 32)
     untrained = pretrain.make_vae(levels=2).state_dict()
