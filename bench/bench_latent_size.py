@@ -1,10 +1,10 @@
-"""Benchmark: what 32x32 latents would cost the micro UNet, side by side with v1's 16x16.
+"""Benchmark: what v2's candidate latents would cost the micro UNet, side by side with v1's.
 
 A VAE with one downsampling fewer (`python -m micro.pretrain --stage vae2 --vae2-levels 2`)
 keeps small shapes that 16x16 latents lose (docs/micro_model.md), but its latents have four
-times the positions. This times one pretraining update (forward, backward, AdamW) of v1's UNet
-on 16x16 latents and of the same UNet with a 32x32 level added outside it, in one run, and
-prints their ratio and the parameter counts.
+times the positions; 16 latent channels at 16x16 (`--vae2-latent-channels 16`) hold as many
+numbers at v1's positions. This times one pretraining update (forward, backward, AdamW) of
+each candidate UNet in one run, and prints the ratios to v1 and the parameter counts.
 
     python bench/bench_latent_size.py                 # about a minute on 2 cores
 """
@@ -20,14 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from micro import pretrain  # noqa: E402
 
-# v1's levels with a 32x32 level outside them: convolutions only there, as at v1's 16x16
-UNET32_BLOCKS = dict(down_block_types=("DownBlock2D",) + pretrain.UNET_BLOCKS["down_block_types"],
-                     up_block_types=pretrain.UNET_BLOCKS["up_block_types"] + ("UpBlock2D",))
-
-
-def update_seconds(unet, latent_size, batch, text_width, updates):
+def update_seconds(unet, batch, text_width, updates):
     optimizer = torch.optim.AdamW(unet.parameters())
-    latents = torch.randn(batch, 4, latent_size, latent_size)
+    config = unet.config
+    latents = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size)
     prompt = torch.randn(batch, 77, text_width)
     timesteps = torch.randint(0, 1000, (batch,))
 
@@ -52,13 +48,15 @@ def main():
     args = parser.parse_args()
     defaults = pretrain.build_parser().parse_args([])
     channels, width, batch = list(defaults.unet_channels), defaults.text_width, defaults.unet_batch
-    candidates = [("v1: 16x16 latents", pretrain.make_unet(channels, width), 16),
-                  (f"32x32 latents, a {args.outer_channels}-wide level outside v1's",
-                   pretrain.make_unet([args.outer_channels] + channels, width, UNET32_BLOCKS), 32)]
+    candidates = [("v1: 16x16x4 latents", pretrain.make_unet(channels, width)),
+                  ("v2's unet16 layout, 16x16x4", pretrain.make_unet(channels, width, pretrain.UNET16_BLOCKS)),
+                  ("unet16 layout, 16x16x16 latents", pretrain.make_unet(channels, width, pretrain.UNET16_BLOCKS, 16)),
+                  (f"32x32x4 latents, a {args.outer_channels}-wide level outside v1's",
+                   pretrain.make_unet([args.outer_channels] + channels, width, pretrain.UNET32_BLOCKS, 4, 32))]
     print(f"torch threads: {torch.get_num_threads()}, batch {batch}")
     rates = []
-    for name, unet, size in candidates:
-        rates.append(update_seconds(unet, size, batch, width, args.updates))
+    for name, unet in candidates:
+        rates.append(update_seconds(unet, batch, width, args.updates))
         print(f"{name:48s} {sum(p.numel() for p in unet.parameters()) / 1e6:5.2f}M weights "
               f"{rates[-1]:7.3f} s/update ({rates[-1] / rates[0]:.2f}x v1)")
     return 0

@@ -30,6 +30,7 @@ command on a GPU trains on the same images as on a CPU.
 
 import argparse
 import collections
+import hashlib
 import math
 import multiprocessing
 import textwrap
@@ -48,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "models" / "micro_pretraining"
 OUT = REPO / "models" / "micro"
 STAGE_SEEDS = {"vae": 1, "latents": 2, "unet": 3, "decoder": 4, "shapes": 5, "shape-latents": 6, "unet16": 7,
-               "vae2": 8}
+               "vae2": 8, "unet2": 9}
 # v2 (the "unet16" stage): cross-attention at 16x16 too, where a rosette is a few latent pixels
 # wide rather than one. Only cross-attention there: the prompt reaches the level, while
 # self-attention over its 256 positions stays out (the cost measured for v1). Two cross-attention
@@ -73,8 +74,14 @@ UNET_BLOCKS = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "Cro
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
 
 
-def unet_config(channels, text_width, blocks=None):
-    return dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=tuple(channels),
+# for 32x32 latents: a level outside v1's three, convolutions only, as at v1's 16x16
+UNET32_BLOCKS = dict(down_block_types=("DownBlock2D",) + UNET_BLOCKS["down_block_types"],
+                     up_block_types=UNET_BLOCKS["up_block_types"] + ("UpBlock2D",))
+
+
+def unet_config(channels, text_width, blocks=None, latent_channels=4, latent_size=16):
+    return dict(sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+                block_out_channels=tuple(channels),
                 layers_per_block=1, norm_num_groups=16, cross_attention_dim=text_width, attention_head_dim=8,
                 **(blocks or UNET_BLOCKS))
 
@@ -279,11 +286,11 @@ def make_text_encoder(tokenizer, width, layers):
         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
 
 
-def make_unet(channels, text_width, blocks=None):
+def make_unet(channels, text_width, blocks=None, latent_channels=4, latent_size=16):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(2)
-    return UNet2DConditionModel(**unet_config(channels, text_width, blocks))
+    return UNet2DConditionModel(**unet_config(channels, text_width, blocks, latent_channels, latent_size))
 
 
 def fresh_images(stage, steps, args):
@@ -441,9 +448,10 @@ def latent_scaling_factor(vae, seed, device):
         return float(1.0 / vae.encode(to_tensor(pixels).to(device)).latent_dist.mean.std())
 
 
-def cached_latents(vae, args, device, chunk=256, name="latents", count=None, batch=world_batch):
+def cached_latents(vae, args, device, chunk=256, name="latents", count=None, batch=world_batch, source=None):
     """Latents (posterior means) and specs of `count` (default `--latent-images`) pictures of
-    `batch(name, index, size, seed)`, encoded once and cached in <work-dir>/<name>.
+    `batch(name, index, size, seed)`, encoded once and cached in <work-dir>/<name>. With `source`
+    (a fingerprint of the VAE), a cache another VAE made is encoded anew.
 
     Encoding costs as much as a third of a UNet update on a CPU, and with a few
     epochs over 10^5 images the UNet never sees a latent often enough to memorise
@@ -455,8 +463,9 @@ def cached_latents(vae, args, device, chunk=256, name="latents", count=None, bat
 
     count = count or args.latent_images
     folder = args.work_dir / name
-    latent_file, spec_file = folder / "latents.safetensors", folder / "specs.json"
-    if latent_file.is_file() and spec_file.is_file():
+    latent_file, spec_file, source_file = folder / "latents.safetensors", folder / "specs.json", folder / "source.txt"
+    same_source = source is None or (source_file.is_file() and source_file.read_text() == source)
+    if latent_file.is_file() and spec_file.is_file() and same_source:
         import json
 
         specs = json.loads(spec_file.read_text())
@@ -474,6 +483,8 @@ def cached_latents(vae, args, device, chunk=256, name="latents", count=None, bat
     specs = specs[:count]
     save_safetensors({"latents": latents}, latent_file)
     save_json(specs, spec_file)
+    if source is not None:
+        source_file.write_text(source)
     return latents, specs
 
 
@@ -563,20 +574,53 @@ def warm_started_unet16(args, tokenizer, device):
 def train_unet16(tokenizer, args, device):
     """v2's UNet stage: the warm-started UNet and text encoder trained on the world's cached latents,
     with generic shapes (micro/shapes.py, captioned by their colours) in `--shape-share` of each batch."""
-    from diffusers import DDPMScheduler
-
     vae = previous_vae(args).to(device).requires_grad_(False)  # its encoder: v1's, which no later stage changes
     unet, text_encoder = warm_started_unet16(args, tokenizer, device)
+    train_on_world_and_shapes("unet16", unet, text_encoder, vae, tokenizer, args, device, args.unet16_steps,
+                              args.unet16_lr, args.unet16_latent_images, ("latents16", "shape-latents"),
+                              {"v2": True, "from": str(args.from_model)})
+
+
+def train_unet2(tokenizer, args, device):
+    """v2's UNet from scratch on the latents of the vae2 stage's VAE (their channels and size), with
+    cross-attention at 16x16 (UNET16_BLOCKS; a 32x32 level outside it for 32x32 latents), the text
+    encoder warm-started from --from-model's where given (it already knows the world's words)."""
+    from transformers import CLIPTextModel
+
+    vae = stage_vae(args.work_dir / "vae2").to(device).requires_grad_(False)
+    latent_size = VAE_CONFIG["sample_size"] // 2 ** (len(vae.config.block_out_channels) - 1)
+    if latent_size == 16:
+        unet = make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS, vae.config.latent_channels)
+    else:
+        unet = make_unet([args.unet_channels[0] // 2] + list(args.unet_channels), args.text_width, UNET32_BLOCKS,
+                         vae.config.latent_channels, latent_size)
+    text_encoder = (CLIPTextModel.from_pretrained(args.from_model / "text_encoder") if args.from_model
+                    else make_text_encoder(tokenizer, args.text_width, args.text_layers))
+    train_on_world_and_shapes("unet2", unet.to(device), text_encoder.to(device), vae, tokenizer, args, device,
+                              args.unet2_steps, args.unet_lr, args.unet16_latent_images,
+                              ("latents-vae2", "shape-latents-vae2"),
+                              {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
+                               "from": str(args.from_model)},
+                              vae_source=hashlib.sha256((args.work_dir / "vae2" / "final.safetensors").read_bytes())
+                              .hexdigest())
+
+
+def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, device, steps, lr, world_images,
+                              cache_names, settings, vae_source=None):
+    """Train `unet` and `text_encoder` on `vae`'s cached latents of `world_images` world pictures and
+    `--shape-images` shape pictures, `--shape-share` of each batch from the shapes."""
+    from diffusers import DDPMScheduler
+
     scale = latent_scaling_factor(vae, args.seed, device)
-    world_latents, world_specs = cached_latents(vae, args, device, name="latents16", count=args.unet16_latent_images,
-                                                batch=world_latents_batch)
-    shape_latents, shape_specs = cached_latents(vae, args, device, name="shape-latents", count=args.shape_images,
-                                                batch=shape_batch)
+    world_latents, world_specs = cached_latents(vae, args, device, name=cache_names[0], count=world_images,
+                                                batch=world_latents_batch, source=vae_source)
+    shape_latents, shape_specs = cached_latents(vae, args, device, name=cache_names[1], count=args.shape_images,
+                                                batch=shape_latents_batch, source=vae_source)
     latents = torch.cat([world_latents, shape_latents]) * scale
     specs = world_specs + shape_specs
 
     def batch_at(update):
-        rng = np.random.default_rng([args.seed, STAGE_SEEDS["unet16"], update])
+        rng = np.random.default_rng([args.seed, STAGE_SEEDS[stage], update])
         from_shapes = rng.random(args.unet_batch) < args.shape_share
         rows = np.where(from_shapes, len(world_specs) + rng.integers(len(shape_specs), size=args.unet_batch),
                         rng.integers(len(world_specs), size=args.unet_batch))
@@ -584,19 +628,22 @@ def train_unet16(tokenizer, args, device):
                     else world.caption(specs[row], rng) for row in rows]
         return torch.from_numpy(rows), captions
 
-    run_stage(args.work_dir / "unet16", [unet, text_encoder], args.unet16_steps, args.unet16_lr,
-              lambda start: map(batch_at, range(start, args.unet16_steps)),
+    run_stage(args.work_dir / stage, [unet, text_encoder], steps, lr, lambda start: map(batch_at, range(start, steps)),
               diffusion_loss(unet, text_encoder, tokenizer, DDPMScheduler(**SCHEDULE), latents, device),
               args.seed, ema_decay=0.999,
-              settings={"batch": args.unet_batch, "channels": list(args.unet_channels), "v2": True,
-                        "latent_images": args.unet16_latent_images, "shape_images": args.shape_images,
-                        "shape_share": args.shape_share, "from": str(args.from_model)},
+              settings={"batch": args.unet_batch, "channels": list(args.unet_channels), "latent_images": world_images,
+                        "shape_images": args.shape_images, "shape_share": args.shape_share, **settings},
               plot_dir=args.outputs_dir)
 
 
 def world_latents_batch(_name, index, size, seed):
     """The v1 UNet stage's world pictures (stage "latents"), for a cache of another name."""
     return world_batch("latents", index, size, seed)
+
+
+def shape_latents_batch(_name, index, size, seed):
+    """The unet16 stage's shape pictures (stage "shape-latents"), for a cache of another name."""
+    return shape_batch("shape-latents", index, size, seed)
 
 
 def shape_batch(stage, index, size, seed):
@@ -658,8 +705,8 @@ def assemble(args, tokenizer, device):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "vae2", "shapes",
-                                            "unet16", "assemble"], default="all")
+    parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "vae2", "unet2",
+                                            "shapes", "unet16", "assemble"], default="all")
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning; 0 skips it")
@@ -681,6 +728,8 @@ def build_parser():
     parser.add_argument("--unet-steps", type=int, default=8000)
     parser.add_argument("--unet16-steps", type=int, default=2000, help="v2's UNet stage, warm-started from v1")
     parser.add_argument("--unet16-lr", type=float, default=3e-4)
+    parser.add_argument("--unet2-steps", type=int, default=8000,
+                        help="v2 experiment: a UNet from scratch on the vae2 stage's latents (at --unet-lr)")
     parser.add_argument("--unet16-latent-images", type=int, default=30000, help="world images for v2's UNet stage")
     parser.add_argument("--shape-images", type=int, default=6000, help="generic shape pictures for v2's UNet stage")
     parser.add_argument("--shape-share", type=float, default=0.2, help="share of each v2 UNet batch from the shapes")
@@ -727,6 +776,8 @@ def main(argv=None):
         train_decoder(args, device)
     if args.stage == "vae2":
         train_vae2(args, device)
+    if args.stage == "unet2":
+        train_unet2(tokenizer, args, device)
     if args.stage in ("all", "shapes") and args.shape_decoder_steps:
         train_shape_decoder(args, device)
     if args.stage in ("all", "unet"):

@@ -176,6 +176,34 @@ def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shape
     assert all(torch.equal(saved.state_dict()[k], v) for k, v in vae.state_dict().items())
 
 
+def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_another_vae(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from micro import pretrain
+
+    args = _pretrain_args(tmp_path, vae2_levels=3, vae2_steps=1, vae2_latent_channels=16, from_model=None,
+                          unet2_steps=2, unet_lr=1e-3, unet_batch=2, unet_channels=[16, 16, 32], text_width=32,
+                          text_layers=1, unet16_latent_images=4, shape_images=4, shape_share=0.5)
+    tokenizer = CLIPTokenizer.from_pretrained("models/micro/tokenizer")
+    pretrain.train_vae2(args, torch.device("cpu"))
+    pretrain.train_unet2(tokenizer, args, torch.device("cpu"))
+    final = tmp_path / "work" / "unet2" / "final.safetensors"
+    unet, _ = pretrain.load_final([pretrain.make_unet([16, 16, 32], 32, pretrain.UNET16_BLOCKS, 16),
+                                   pretrain.make_text_encoder(tokenizer, 32, 1)], final.parent)
+    assert unet.config.in_channels == unet.config.out_channels == 16  # the VAE's latent channels
+    cache = tmp_path / "work" / "latents-vae2" / "latents.safetensors"
+    from safetensors.torch import load_file
+
+    first = load_file(str(cache))["latents"]
+    assert first.shape == (4, 16, 16, 16)
+    # another VAE in the vae2 stage's place: the cache is encoded anew, not read back
+    other = pretrain.make_vae(latent_channels=16)
+    again, _ = pretrain.cached_latents(other, args, torch.device("cpu"), name="latents-vae2", count=4,
+                                       batch=pretrain.world_latents_batch, source="another VAE")
+    assert not torch.equal(first, again)
+    assert torch.equal(again, load_file(str(cache))["latents"])
+
+
 def test_pretraining_loop_resumes_exactly_and_refuses_other_settings(tmp_path):
     from common.errors import UserError
     from micro.pretrain import run_stage
