@@ -11,7 +11,9 @@ Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in
 3. unet       UNet2DConditionModel and CLIPTextModel trained together on cached
               VAE latents, with 10% empty captions so classifier-free guidance works
    vae2       v2 experiment (run by name only): the whole VAE from scratch on the world
-              and generic shapes; --vae2-levels 2 gives 32x32 latents
+              and generic shapes; --vae2-levels 2 gives 32x32 latents, and
+              --vae2-latent-channels 16 more channels at 16x16
+   unet2      v2 experiment (run by name only): a UNet from scratch on vae2's latents
    shapes     v2: the decoder alone again, on the world and generic small shapes
               (micro/shapes.py; never the subject); --vae-widen N makes it N times
               as wide around v1's exact encoder
