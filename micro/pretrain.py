@@ -422,6 +422,15 @@ def train_vae2(args, device):
               args.seed,
               settings={"batch": args.vae_batch, "levels": args.vae2_levels, "latent_channels": args.vae2_latent_channels},
               plot_dir=args.outputs_dir)
+    if args.vae2_dir:
+        # a diffusers folder, with the scaling factor the UNet's latents are scaled by
+        from common.errors import UserError
+
+        if (args.vae2_dir / "config.json").is_file() and not args.overwrite:
+            raise UserError(f"{args.vae2_dir} already holds a VAE; pass --overwrite to replace it")
+        vae.register_to_config(scaling_factor=latent_scaling_factor(vae, args.seed, device))
+        vae.save_pretrained(args.vae2_dir, safe_serialization=True)
+        print(f"wrote {args.vae2_dir}")
     return vae
 
 
@@ -589,7 +598,13 @@ def train_unet2(tokenizer, args, device):
     encoder warm-started from --from-model's where given (it already knows the world's words)."""
     from transformers import CLIPTextModel
 
-    vae = stage_vae(args.work_dir / "vae2").to(device).requires_grad_(False)
+    if args.vae2_dir:
+        from diffusers import AutoencoderKL
+
+        vae, weights = AutoencoderKL.from_pretrained(args.vae2_dir), args.vae2_dir / "diffusion_pytorch_model.safetensors"
+    else:
+        vae, weights = stage_vae(args.work_dir / "vae2"), args.work_dir / "vae2" / "final.safetensors"
+    vae = vae.to(device).requires_grad_(False)
     latent_size = VAE_CONFIG["sample_size"] // 2 ** (len(vae.config.block_out_channels) - 1)
     if latent_size == 16:
         unet = make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS, vae.config.latent_channels)
@@ -603,8 +618,7 @@ def train_unet2(tokenizer, args, device):
                               ("latents-vae2", "shape-latents-vae2"),
                               {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
                                "from": str(args.from_model)},
-                              vae_source=hashlib.sha256((args.work_dir / "vae2" / "final.safetensors").read_bytes())
-                              .hexdigest())
+                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest())
 
 
 def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, device, steps, lr, world_images,
@@ -718,6 +732,9 @@ def build_parser():
     parser.add_argument("--vae2-steps", type=int, default=2000, help="v2: the whole VAE on the world and shapes")
     parser.add_argument("--vae2-levels", type=int, default=3, choices=[2, 3],
                         help="v2's VAE levels: 3 gives 16x16 latents (as v1), 2 gives 32x32")
+    parser.add_argument("--vae2-dir", type=Path, default=None,
+                        help="vae2 writes its VAE here as a diffusers folder, and unet2 reads it from here "
+                             "(else from <work-dir>/vae2)")
     parser.add_argument("--vae2-latent-channels", type=int, default=4,
                         help="v2's VAE: channels of its latents (16 keeps more detail at 16x16, as SD 3's VAE)")
     parser.add_argument("--vae-widen", type=int, default=1,

@@ -164,7 +164,8 @@ def test_decoder_stage_changes_the_decoder_and_keeps_the_latents(tmp_path):
 def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shapes(tmp_path):
     from micro import pretrain
 
-    args = _pretrain_args(tmp_path, vae2_levels=2, vae2_steps=2, vae2_latent_channels=4)
+    args = _pretrain_args(tmp_path, vae2_levels=2, vae2_steps=2, vae2_latent_channels=4,
+                          vae2_dir=tmp_path / "v2_vae", overwrite=False)
     vae = pretrain.train_vae2(args, torch.device("cpu"))
     assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 4, 32, 32)
     untrained = pretrain.make_vae(levels=2).state_dict()
@@ -174,6 +175,15 @@ def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shape
     saved = pretrain.stage_vae(tmp_path / "work" / "vae2")  # as micro.rosettes --vae reads a stage's VAE
     assert saved.config.block_out_channels == (32, 64)
     assert all(torch.equal(saved.state_dict()[k], v) for k, v in vae.state_dict().items())
+    from diffusers import AutoencoderKL
+
+    from common.errors import UserError
+
+    exported = AutoencoderKL.from_pretrained(tmp_path / "v2_vae")  # --vae2-dir: a diffusers folder
+    assert exported.config.scaling_factor != 0.18215  # its own, measured on the world's latents
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in vae.state_dict().items())
+    with pytest.raises(UserError, match="overwrite"):  # the finished stage again: it never replaces a VAE unasked
+        pretrain.train_vae2(args, torch.device("cpu"))
 
 
 def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_another_vae(tmp_path):
@@ -181,7 +191,7 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
 
     from micro import pretrain
 
-    args = _pretrain_args(tmp_path, vae2_levels=3, vae2_steps=1, vae2_latent_channels=16, from_model=None,
+    args = _pretrain_args(tmp_path, vae2_levels=3, vae2_steps=1, vae2_latent_channels=16, from_model=None, vae2_dir=None,
                           unet2_steps=2, unet_lr=1e-3, unet_batch=2, unet_channels=[16, 16, 32], text_width=32,
                           text_layers=1, unet16_latent_images=4, shape_images=4, shape_share=0.5)
     tokenizer = CLIPTokenizer.from_pretrained("models/micro/tokenizer")
