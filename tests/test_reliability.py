@@ -151,8 +151,9 @@ def test_alpha_background_flag_parses_names_and_numbers():
 
 # --- kill -9 ---------------------------------------------------------------------------------------
 
-def wait_for_checkpoint_beyond(folder, update, process, timeout=60):
-    """Poll until a complete checkpoint-N with N > update is there; return N."""
+def wait_for_checkpoint_beyond(folder, update, process, timeout=300):
+    """Poll until a complete checkpoint-N with N > update is there; return N. The timeout is generous: a
+    loaded machine (CI beside other jobs) starts the subprocess and its imports slowly."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = [int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if (p / "training_state.json").is_file()]
