@@ -76,9 +76,14 @@ UNET_BLOCKS = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "Cro
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
 
 
-# for 32x32 latents: a level outside v1's three, convolutions only, as at v1's 16x16
-UNET32_BLOCKS = dict(down_block_types=("DownBlock2D",) + UNET_BLOCKS["down_block_types"],
-                     up_block_types=UNET_BLOCKS["up_block_types"] + ("UpBlock2D",))
+# For 32x32 latents: a level outside v1's three, convolutions only. UNET32_BLOCKS also gives the
+# 16x16 level cross-attention, as unet16 gives v1's (a rosette is three latent pixels wide there).
+UNET32_CONV_BLOCKS = dict(down_block_types=("DownBlock2D",) + UNET_BLOCKS["down_block_types"],
+                          up_block_types=UNET_BLOCKS["up_block_types"] + ("UpBlock2D",))
+UNET32_BLOCKS = dict(down_block_types=("DownBlock2D",) + UNET16_BLOCKS["down_block_types"],
+                     up_block_types=UNET16_BLOCKS["up_block_types"] + ("UpBlock2D",),
+                     only_cross_attention=(False,) + UNET16_BLOCKS["only_cross_attention"],
+                     mid_block_only_cross_attention=False)
 
 
 def unet_config(channels, text_width, blocks=None, latent_channels=4, latent_size=16):
@@ -593,9 +598,10 @@ def train_unet16(tokenizer, args, device):
 
 
 def train_unet2(tokenizer, args, device):
-    """v2's UNet from scratch on the latents of the vae2 stage's VAE (their channels and size), with
-    cross-attention at 16x16 (UNET16_BLOCKS; a 32x32 level outside it for 32x32 latents), the text
-    encoder warm-started from --from-model's where given (it already knows the world's words)."""
+    """v2's UNet from scratch on the latents of the vae2 stage's VAE (their channels and size): for 16x16
+    latents unet16's layout; for 32x32 a level outside v1's, with cross-attention at 16x16 only with
+    --unet2-cross-attention-16. The text encoder is warm-started from --from-model's where given (it
+    already knows the world's words)."""
     from transformers import CLIPTextModel
 
     if args.vae2_dir:
@@ -609,7 +615,10 @@ def train_unet2(tokenizer, args, device):
     if latent_size == 16:
         unet = make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS, vae.config.latent_channels)
     else:
-        unet = make_unet([args.unet_channels[0] // 2] + list(args.unet_channels), args.text_width, UNET32_BLOCKS,
+        # convolutions only at 32x32 and 16x16 unless asked: the exercise scripts' CPU budgets
+        # (docs/performance.md) leave room for the cheaper layout (bench/bench_latent_size.py)
+        unet = make_unet([args.unet_channels[0] // 2] + list(args.unet_channels), args.text_width,
+                         UNET32_BLOCKS if args.unet2_cross_attention_16 else UNET32_CONV_BLOCKS,
                          vae.config.latent_channels, latent_size)
     text_encoder = (CLIPTextModel.from_pretrained(args.from_model / "text_encoder") if args.from_model
                     else make_text_encoder(tokenizer, args.text_width, args.text_layers))
@@ -617,7 +626,7 @@ def train_unet2(tokenizer, args, device):
                               args.unet2_steps, args.unet_lr, args.unet16_latent_images,
                               ("latents-vae2", "shape-latents-vae2"),
                               {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
-                               "from": str(args.from_model)},
+                               "cross_attention_16": args.unet2_cross_attention_16, "from": str(args.from_model)},
                               vae_source=hashlib.sha256(weights.read_bytes()).hexdigest())
 
 
@@ -732,6 +741,8 @@ def build_parser():
     parser.add_argument("--vae2-steps", type=int, default=2000, help="v2: the whole VAE on the world and shapes")
     parser.add_argument("--vae2-levels", type=int, default=3, choices=[2, 3],
                         help="v2's VAE levels: 3 gives 16x16 latents (as v1), 2 gives 32x32")
+    parser.add_argument("--unet2-cross-attention-16", action="store_true",
+                        help="unet2 on 32x32 latents: cross-attention at its 16x16 level too, as unet16 has")
     parser.add_argument("--vae2-dir", type=Path, default=None,
                         help="vae2 writes its VAE here as a diffusers folder, and unet2 reads it from here "
                              "(else from <work-dir>/vae2)")

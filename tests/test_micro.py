@@ -186,28 +186,32 @@ def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shape
         pretrain.train_vae2(args, torch.device("cpu"))
 
 
-def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_another_vae(tmp_path):
+@pytest.mark.parametrize("levels, latent_channels", [(3, 16), (2, 4)])
+def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_another_vae(
+        tmp_path, levels, latent_channels):
     from transformers import CLIPTokenizer
 
     from micro import pretrain
 
-    args = _pretrain_args(tmp_path, vae2_levels=3, vae2_steps=1, vae2_latent_channels=16, from_model=None, vae2_dir=None,
-                          unet2_steps=2, unet_lr=1e-3, unet_batch=2, unet_channels=[16, 16, 32], text_width=32,
+    args = _pretrain_args(tmp_path, vae2_levels=levels, vae2_steps=1, vae2_latent_channels=latent_channels,
+                          from_model=None, vae2_dir=None, unet2_cross_attention_16=levels == 2,
+                          unet2_steps=2, unet_lr=1e-3, unet_batch=2, unet_channels=[32, 32, 32], text_width=32,
                           text_layers=1, unet16_latent_images=4, shape_images=4, shape_share=0.5)
     tokenizer = CLIPTokenizer.from_pretrained("models/micro/tokenizer")
     pretrain.train_vae2(args, torch.device("cpu"))
     pretrain.train_unet2(tokenizer, args, torch.device("cpu"))
-    final = tmp_path / "work" / "unet2" / "final.safetensors"
-    unet, _ = pretrain.load_final([pretrain.make_unet([16, 16, 32], 32, pretrain.UNET16_BLOCKS, 16),
-                                   pretrain.make_text_encoder(tokenizer, 32, 1)], final.parent)
-    assert unet.config.in_channels == unet.config.out_channels == 16  # the VAE's latent channels
+    size = 64 // 2 ** (levels - 1)
+    layout = ([32, 32, 32], pretrain.UNET16_BLOCKS) if levels == 3 else ([16, 32, 32, 32], pretrain.UNET32_BLOCKS)
+    unet, _ = pretrain.load_final([pretrain.make_unet(*layout[:1], 32, layout[1], latent_channels, size),
+                                   pretrain.make_text_encoder(tokenizer, 32, 1)], tmp_path / "work" / "unet2")
+    assert unet.config.in_channels == unet.config.out_channels == latent_channels  # the VAE's latents
     cache = tmp_path / "work" / "latents-vae2" / "latents.safetensors"
     from safetensors.torch import load_file
 
     first = load_file(str(cache))["latents"]
-    assert first.shape == (4, 16, 16, 16)
+    assert first.shape == (4, latent_channels, size, size)
     # another VAE in the vae2 stage's place: the cache is encoded anew, not read back
-    other = pretrain.make_vae(latent_channels=16)
+    other = pretrain.make_vae(levels=levels, latent_channels=latent_channels)
     again, _ = pretrain.cached_latents(other, args, torch.device("cpu"), name="latents-vae2", count=4,
                                        batch=pretrain.world_latents_batch, source="another VAE")
     assert not torch.equal(first, again)
