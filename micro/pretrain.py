@@ -255,11 +255,11 @@ def widened_vae(vae, widen):
 
     Every weight of `vae` is copied into the leading channels of the wide one. In the encoder the new
     channels stay zero (a GroupNorm over a group of zeros gives its bias, here 0), so the wide encoder
-    gives v1's latents to the last bit of arithmetic and the UNet trained on them keeps working. In the
+    gives v1's latents up to float rounding and the UNet trained on them keeps working. In the
     decoder the new channels start at their random initialisation but feed nothing of v1's yet (their
     outgoing weights are zero, as are the new rows of the attention's keys): it starts drawing exactly
-    as v1 and training grows the new channels into use (the function-preserving widening of Net2Net,
-    Chen et al., 2016).
+    as v1 and training grows the new channels into use (a function-preserving widening, as in Net2Net,
+    Chen et al., 2016, here with zeros where Net2Net copies units).
     """
     wide = make_vae(widen)
     old_state, new_state = vae.state_dict(), wide.state_dict()
@@ -615,8 +615,8 @@ def train_unet2(tokenizer, args, device):
     if latent_size == 16:
         unet = make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS, vae.config.latent_channels)
     else:
-        # convolutions only at 32x32 and 16x16 unless asked: the exercise scripts' CPU budgets
-        # (docs/performance.md) leave room for the cheaper layout (bench/bench_latent_size.py)
+        # convolutions only at 32x32 and 16x16 unless asked: the cheaper layout (bench/bench_latent_size.py),
+        # since the exercise scripts on micro must keep within their CPU budgets (docs/performance.md)
         unet = make_unet([args.unet_channels[0] // 2] + list(args.unet_channels), args.text_width,
                          UNET32_BLOCKS if args.unet2_cross_attention_16 else UNET32_CONV_BLOCKS,
                          vae.config.latent_channels, latent_size)
@@ -747,7 +747,7 @@ def build_parser():
                         help="vae2 writes its VAE here as a diffusers folder, and unet2 reads it from here "
                              "(else from <work-dir>/vae2)")
     parser.add_argument("--vae2-latent-channels", type=int, default=4,
-                        help="v2's VAE: channels of its latents (16 keeps more detail at 16x16, as SD 3's VAE)")
+                        help="v2's VAE: channels of its latents (SD 1.5's VAE has 4, SD 3's 16)")
     parser.add_argument("--vae-widen", type=int, default=1,
                         help="v2: the shapes stage's VAE this many times as wide, v1's encoder kept exactly "
                              "inside it (its latents, and so the UNet, unchanged)")
