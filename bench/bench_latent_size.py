@@ -4,7 +4,8 @@ A VAE with one downsampling fewer (`python -m micro.pretrain --stage vae2 --vae2
 keeps small shapes that 16x16 latents lose (docs/micro_model.md), but its latents have four
 times the positions; 16 latent channels at 16x16 (`--vae2-latent-channels 16`) hold as many
 numbers at v1's positions. This times one pretraining update (forward, backward, AdamW) of
-each candidate UNet in one run, and prints the ratios to v1 and the parameter counts.
+each candidate UNet, and one sampling step as the exercise scripts take it (nine pictures with
+guidance), in one run, and prints the ratios to v1 and the parameter counts.
 
     python bench/bench_latent_size.py                 # about a minute on 2 cores
 """
@@ -40,6 +41,19 @@ def update_seconds(unet, batch, text_width, updates):
     return (time.perf_counter() - started) / updates
 
 
+def sampling_seconds(unet, batch, text_width, calls):
+    """One denoising step's UNet call with guidance (2 x batch), as the exercise scripts sample."""
+    config = unet.config
+    latents = torch.randn(2 * batch, config.in_channels, config.sample_size, config.sample_size)
+    prompt = torch.randn(2 * batch, 77, text_width)
+    with torch.no_grad():
+        unet(latents, 500, prompt)  # warm-up
+        started = time.perf_counter()
+        for _ in range(calls):
+            unet(latents, 500, prompt)
+    return (time.perf_counter() - started) / calls
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -55,12 +69,14 @@ def main():
                    pretrain.make_unet([args.outer_channels] + channels, width, pretrain.UNET32_CONV_BLOCKS, 4, 32)),
                   (f"32x32x4, the same with unet16's layout inside",
                    pretrain.make_unet([args.outer_channels] + channels, width, pretrain.UNET32_BLOCKS, 4, 32))]
-    print(f"torch threads: {torch.get_num_threads()}, batch {batch}")
-    rates = []
+    print(f"torch threads: {torch.get_num_threads()}; training at batch {batch}; sampling nine pictures with guidance")
+    rates, sampling = [], []
     for name, unet in candidates:
         rates.append(update_seconds(unet, batch, width, args.updates))
+        sampling.append(sampling_seconds(unet, 9, width, 4 * args.updates))
         print(f"{name:48s} {sum(p.numel() for p in unet.parameters()) / 1e6:5.2f}M weights "
-              f"{rates[-1]:7.3f} s/update ({rates[-1] / rates[0]:.2f}x v1)")
+              f"{rates[-1]:7.3f} s/update ({rates[-1] / rates[0]:.2f}x v1) "
+              f"{sampling[-1]:7.3f} s/sampling step ({sampling[-1] / sampling[0]:.2f}x v1)")
     return 0
 
 
