@@ -597,31 +597,43 @@ def train_unet16(tokenizer, args, device):
                               {"v2": True, "from": str(args.from_model)})
 
 
-def train_unet2(tokenizer, args, device):
-    """v2's UNet from scratch on the latents of the vae2 stage's VAE (their channels and size): for 16x16
-    latents unet16's layout; for 32x32 a level outside v1's, with cross-attention at 16x16 only with
-    --unet2-cross-attention-16. The text encoder is warm-started from --from-model's where given (it
-    already knows the world's words)."""
-    from transformers import CLIPTextModel
-
+def v2_vae(args):
+    """(vae2's VAE, the file holding its weights): --vae2-dir's diffusers folder, else <work-dir>/vae2's."""
     if args.vae2_dir:
         from diffusers import AutoencoderKL
 
-        vae, weights = AutoencoderKL.from_pretrained(args.vae2_dir), args.vae2_dir / "diffusion_pytorch_model.safetensors"
-    else:
-        vae, weights = stage_vae(args.work_dir / "vae2"), args.work_dir / "vae2" / "final.safetensors"
-    vae = vae.to(device).requires_grad_(False)
+        return AutoencoderKL.from_pretrained(args.vae2_dir), args.vae2_dir / "diffusion_pytorch_model.safetensors"
+    return stage_vae(args.work_dir / "vae2"), args.work_dir / "vae2" / "final.safetensors"
+
+
+def v2_unet(args, vae):
+    """A fresh UNet for `vae`'s latents (their channels and size): unet16's layout for 16x16 latents; for
+    32x32 a level outside v1's, with cross-attention at 16x16 only with --unet2-cross-attention-16."""
     latent_size = VAE_CONFIG["sample_size"] // 2 ** (len(vae.config.block_out_channels) - 1)
     if latent_size == 16:
-        unet = make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS, vae.config.latent_channels)
-    else:
-        # convolutions only at 32x32 and 16x16 unless asked: the cheaper layout (bench/bench_latent_size.py),
-        # since the exercise scripts on micro must keep within their CPU budgets (docs/performance.md)
-        unet = make_unet([args.unet_channels[0] // 2] + list(args.unet_channels), args.text_width,
-                         UNET32_BLOCKS if args.unet2_cross_attention_16 else UNET32_CONV_BLOCKS,
-                         vae.config.latent_channels, latent_size)
-    text_encoder = (CLIPTextModel.from_pretrained(args.from_model / "text_encoder") if args.from_model
-                    else make_text_encoder(tokenizer, args.text_width, args.text_layers))
+        return make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS, vae.config.latent_channels)
+    # convolutions only at 32x32 and 16x16 unless asked: the cheaper layout (bench/bench_latent_size.py),
+    # since the exercise scripts on micro must keep within their CPU budgets (docs/performance.md)
+    return make_unet([args.unet_channels[0] // 2] + list(args.unet_channels), args.text_width,
+                     UNET32_BLOCKS if args.unet2_cross_attention_16 else UNET32_CONV_BLOCKS,
+                     vae.config.latent_channels, latent_size)
+
+
+def starting_text_encoder(args, tokenizer):
+    """--from-model's text encoder where given (it already knows the world's words), else a fresh one."""
+    from transformers import CLIPTextModel
+
+    return (CLIPTextModel.from_pretrained(args.from_model / "text_encoder") if args.from_model
+            else make_text_encoder(tokenizer, args.text_width, args.text_layers))
+
+
+def train_unet2(tokenizer, args, device):
+    """v2's UNet from scratch (`v2_unet`) on the latents of vae2's VAE, with the text encoder
+    warm-started from --from-model's where given."""
+    vae, weights = v2_vae(args)
+    vae = vae.to(device).requires_grad_(False)
+    unet, text_encoder = v2_unet(args, vae), starting_text_encoder(args, tokenizer)
+    latent_size = unet.config.sample_size
     train_on_world_and_shapes("unet2", unet.to(device), text_encoder.to(device), vae, tokenizer, args, device,
                               args.unet2_steps, args.unet_lr, args.unet16_latent_images,
                               ("latents-vae2", "shape-latents-vae2"),
@@ -688,20 +700,22 @@ def assemble(args, tokenizer, device):
     from common.grids import labelled_grid
     from common.saving import save_figure
 
-    # the newest decoder that ran (every stage keeps the vae stage's encoder), and v2's UNet where it ran
+    # unet2 with vae2's VAE where it ran; else the newest decoder that ran (every v1 and shapes stage
+    # keeps the vae stage's encoder), and unet16 where it ran
     done = lambda stage: (args.work_dir / stage / "final.safetensors").is_file()
-    if done("shapes"):
+    if done("unet2"):
+        vae = v2_vae(args)[0]
+    elif done("shapes"):
         vae = stage_vae(args.work_dir / "shapes")
     else:
         vae = previous_vae(args)
     vae = vae.to(device)
-    if done("unet16"):
-        from transformers import CLIPTextModel
-
-        text_encoder = (CLIPTextModel.from_pretrained(args.from_model / "text_encoder") if args.from_model
-                        else make_text_encoder(tokenizer, args.text_width, args.text_layers))
-        unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS), text_encoder],
-                                        args.work_dir / "unet16")
+    if done("unet2"):
+        unet, text_encoder = load_final([v2_unet(args, vae), starting_text_encoder(args, tokenizer)],
+                                        args.work_dir / "unet2")
+    elif done("unet16"):
+        unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS),
+                                         starting_text_encoder(args, tokenizer)], args.work_dir / "unet16")
     else:
         unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width),
                                          make_text_encoder(tokenizer, args.text_width, args.text_layers)],

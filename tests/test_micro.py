@@ -149,6 +149,12 @@ def _pretrain_args(tmp_path, **changes):
     return argparse.Namespace(**{**args, **changes})
 
 
+def argparse_changed(args, **changes):
+    import argparse
+
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
 def test_decoder_stage_changes_the_decoder_and_keeps_the_latents(tmp_path):
     from micro import pretrain
 
@@ -210,6 +216,15 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
 
     first = load_file(str(cache))["latents"]
     assert first.shape == (4, latent_channels, size, size)
+    if levels == 2:  # the layout v2 is heading for: assembled, it loads and draws as any SD folder
+        from diffusers import StableDiffusionPipeline
+
+        pretrain.assemble(argparse_changed(args, out_dir=tmp_path / "v2", device="cpu"), tokenizer,
+                          torch.device("cpu"))
+        pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "v2")
+        assert pipe.unet.config.sample_size == 32 and list(pipe.vae.config.block_out_channels) == [32, 64]
+        image = pipe("a fabric pattern", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+        assert image.shape == (64, 64, 3)
     # another VAE in the vae2 stage's place: the cache is encoded anew, not read back
     other = pretrain.make_vae(levels=levels, latent_channels=latent_channels)
     again, _ = pretrain.cached_latents(other, args, torch.device("cpu"), name="latents-vae2", count=4,
