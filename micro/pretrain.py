@@ -13,15 +13,17 @@ Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in
    vae2       v2 experiment (run by name only): the whole VAE from scratch on the world
               and generic shapes; --vae2-levels 2 gives 32x32 latents, and
               --vae2-latent-channels 16 more channels at 16x16
-   unet2      v2 experiment (run by name only): a UNet from scratch on vae2's latents
+   unet2      v2 (run by name only): a UNet from scratch on vae2's latents, e.g.
+              --stage unet2 --vae2-dir models/micro_v2_vae --from-model models/micro
    shapes     v2: the decoder alone again, on the world and generic small shapes
               (micro/shapes.py; never the subject); --vae-widen N makes it N times
               as wide around v1's exact encoder
    unet16     v2: the UNet with cross-attention at 16x16 too, warm-started from v1's
               UNet and text encoder (from --from-model, or this run's unet stage)
 4. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
-              a sample grid in outputs/micro_pretraining_samples.png; it takes v2's
-              decoder and UNet where those stages ran
+              a sample grid in outputs/micro_pretraining_samples.png; it takes unet2
+              and vae2's VAE where unet2 ran, else the shapes decoder and unet16
+              where those ran
 
     python -m micro.pretrain --stage shapes --from-model models/micro   # v2's stages from the shipped v1
 
