@@ -67,7 +67,7 @@ def main():
                   ("unet16 layout, 16x16x16 latents", pretrain.make_unet(channels, width, pretrain.UNET16_BLOCKS, 16)),
                   (f"32x32x4, a {args.outer_channels}-wide level outside v1's",
                    pretrain.make_unet([args.outer_channels] + channels, width, pretrain.UNET32_CONV_BLOCKS, 4, 32)),
-                  (f"32x32x4, the same with unet16's layout inside",
+                  ("32x32x4, the same with unet16's layout inside",
                    pretrain.make_unet([args.outer_channels] + channels, width, pretrain.UNET32_BLOCKS, 4, 32))]
     print(f"torch threads: {torch.get_num_threads()}; training at batch {batch}; sampling nine pictures with guidance")
     rates, sampling = [], []
