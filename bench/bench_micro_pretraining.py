@@ -59,32 +59,42 @@ def main():
             result = stage(run)
             return (time.perf_counter() - started) / (2 + args.updates), result
 
+        # (name, seconds per update, updates, whether `--stage all` runs it)
         vae_rate, vae = stage_rate(lambda run: pretrain.train_vae(run, cpu), "vae_steps")
-        rows.append(("vae", vae_rate, defaults.vae_steps))
-        decoder_rate, _ = stage_rate(lambda run: pretrain.train_decoder(run, cpu), "decoder_steps")
-        rows.append(("decoder", decoder_rate, defaults.decoder_steps))
+        rows.append(("vae", vae_rate, defaults.vae_steps, True))
         chunk = 256
         with torch.no_grad():
             encode = seconds_per_call(lambda: vae.encode(pretrain.to_tensor(
                 pretrain.world_batch("latents", 0, chunk, 0)[0])), 2, warmup=1)
-        rows.append(("encode the world (per 256 images)", encode, defaults.latent_images / chunk))
+        rows.append(("encode the world (per 256 images)", encode, defaults.latent_images / chunk, True))
         scale_run = argparse.Namespace(**{**settings, "latent_images": 512, "unet_steps": 2 + args.updates})
         started = time.perf_counter()
         pretrain.train_unet(vae, tokenizer, scale_run, cpu)
         # the 512 images encoded here are counted above, so take their time off
         unet_rate = (time.perf_counter() - started - 2 * encode) / (2 + args.updates)
-        rows.append(("unet + text encoder", unet_rate, defaults.unet_steps))
-        # v2's stages, each starting from this run's v1 stages (as python -m micro.pretrain does)
-        shapes_rate, _ = stage_rate(lambda run: pretrain.train_shape_decoder(run, cpu), "shape_decoder_steps")
-        rows.append(("shapes (v2: the decoder on shapes)", shapes_rate, defaults.shape_decoder_steps))
+        rows.append(("unet + text encoder", unet_rate, defaults.unet_steps, True))
+        vae2_rate, vae2 = stage_rate(lambda run: pretrain.train_vae2(run, cpu), "vae2_steps")
+        rows.append(("vae2 (v2: 32x32 latents)", vae2_rate, defaults.vae2_steps, True))
+        with torch.no_grad():
+            encode2 = seconds_per_call(lambda: vae2.encode(pretrain.to_tensor(
+                pretrain.world_batch("latents", 0, chunk, 0)[0])), 2, warmup=1)
+        images2 = defaults.unet16_latent_images + defaults.shape_images
+        rows.append(("encode v2's world and shapes (per 256)", encode2, images2 / chunk, True))
         v2_run = argparse.Namespace(**{**settings, "unet16_latent_images": 512, "shape_images": 256,
-                                       "unet16_steps": 2 + args.updates})
+                                       "unet2_steps": 2 + args.updates, "unet16_steps": 2 + args.updates})
+        started = time.perf_counter()
+        pretrain.train_unet2(tokenizer, v2_run, cpu)
+        unet2_rate = (time.perf_counter() - started - 3 * encode2) / (2 + args.updates)
+        rows.append(("unet2 (v2's UNet)", unet2_rate, defaults.unet2_steps, True))
+        # the measured experiments, run by name only
+        decoder_rate, _ = stage_rate(lambda run: pretrain.train_decoder(run, cpu), "decoder_steps")
+        rows.append(("decoder (experiment)", decoder_rate, defaults.decoder_steps, False))
+        shapes_rate, _ = stage_rate(lambda run: pretrain.train_shape_decoder(run, cpu), "shape_decoder_steps")
+        rows.append(("shapes (experiment)", shapes_rate, defaults.shape_decoder_steps, False))
         started = time.perf_counter()
         pretrain.train_unet16(tokenizer, v2_run, cpu)
         unet16_rate = (time.perf_counter() - started - 3 * encode) / (2 + args.updates)
-        rows.append(("unet16 (v2: cross-attention at 16x16)", unet16_rate, defaults.unet16_steps))
-        images16 = defaults.unet16_latent_images + defaults.shape_images
-        rows.append(("encode v2's world and shapes (per 256)", encode, images16 / chunk))
+        rows.append(("unet16 (experiment)", unet16_rate, defaults.unet16_steps, False))
         model = judge_module.Judge()
         optimizer = torch.optim.AdamW(model.parameters())
         rng = np.random.default_rng(0)
@@ -96,16 +106,16 @@ def main():
             optimizer.zero_grad()
 
         rows.append(("judge (python -m micro.judge)", seconds_per_call(judge_update, args.updates),
-                     judge_module.build_parser().parse_args([]).steps))
+                     judge_module.build_parser().parse_args([]).steps, False))
     total = 0.0
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"{'stage':38s} {'s/update':>9s} {'updates':>8s} {'estimate':>10s}")
-    for name, rate, count in rows:
+    for name, rate, count, in_all in rows:
         estimate = rate * count
-        if not name.startswith("judge"):
+        if in_all:
             total += estimate
         print(f"{name:38s} {rate:9.3f} {count:8.0f} {estimate / 60:8.1f} min")
-    print(f"{'model (all stages but the judge)':38s} {'':9s} {'':8s} {total / 60:8.1f} min")
+    print(f"{'model (python -m micro.pretrain: all)':38s} {'':9s} {'':8s} {total / 60:8.1f} min")
     return 0
 
 

@@ -4,28 +4,34 @@
     python -m micro.pretrain --stage vae           # one stage
     python -m micro.pretrain --device cuda --workers 8   # the same schedule on a GPU, images drawn in 8 processes
 
-Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in outputs/):
+Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in outputs/).
+`--stage all` runs these, and builds the shipped model (v2):
 1. tokenizer  byte-pair merges from the world's captions (seconds)
-2. vae        AutoencoderKL 64x64x3 <-> 16x16x4, on fresh images every batch
-   decoder    the decoder alone fine-tuned for sharper edges (the latents stay the same)
-3. unet       UNet2DConditionModel and CLIPTextModel trained together on cached
-              VAE latents, with 10% empty captions so classifier-free guidance works
-   vae2       v2 experiment (run by name only): the whole VAE from scratch on the world
-              and generic shapes; --vae2-levels 2 gives 32x32 latents, and
-              --vae2-latent-channels 16 more channels at 16x16
-   unet2      v2 (run by name only): a UNet from scratch on vae2's latents, e.g.
-              --stage unet2 --vae2-dir models/micro_v2_vae --from-model models/micro
-   shapes     v2: the decoder alone again, on the world and generic small shapes
-              (micro/shapes.py; never the subject); --vae-widen N makes it N times
-              as wide around v1's exact encoder
-   unet16     v2: the UNet with cross-attention at 16x16 too, warm-started from v1's
-              UNet and text encoder (from --from-model, or this run's unet stage)
-4. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
+2. vae        v1's AutoencoderKL, 64x64x3 <-> 16x16x4, on fresh images every batch
+3. unet       v1's UNet2DConditionModel and CLIPTextModel trained together on cached
+              VAE latents, with 10% empty captions so classifier-free guidance works;
+              v2 starts from its text encoder, which already knows the world's words
+4. vae2       v2's VAE, whole and from scratch on the world and generic shapes (never
+              the subject): 64x64x3 <-> 32x32x4 (--vae2-levels 2), so that small points
+              survive the round trip
+5. unet2      v2's UNet, from scratch on vae2's latents of the world and shapes
+6. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
               a sample grid in outputs/micro_pretraining_samples.png; it takes unet2
               and vae2's VAE where unet2 ran, else the shapes decoder and unet16
-              where those ran
+              where those ran, else v1
 
-    python -m micro.pretrain --stage shapes --from-model models/micro   # v2's stages from the shipped v1
+Measured experiments, run by name only (docs/micro_model.md says what each gave):
+   decoder    v1's decoder alone fine-tuned for sharper edges (the latents stay the same)
+   shapes     v1's decoder alone again, on the world and generic small shapes;
+              --vae-widen N makes it N times as wide around v1's exact encoder
+   unet16     v1's UNet with cross-attention at 16x16 too, warm-started from v1
+   vae2 with --vae2-levels 3 (16x16 latents) and --vae2-latent-channels 16
+
+v2's UNet can also start from a v1 model folder's text encoder instead of this run's v1 stages
+(v1 is models/micro at commit 162ddd3: `git worktree add ../micro_v1 162ddd3`):
+
+    python -m micro.pretrain --stage vae2 --vae2-dir models/micro_v2_vae
+    python -m micro.pretrain --stage unet2 --vae2-dir models/micro_v2_vae --from-model ../micro_v1/models/micro
 
 The world is procedural, so every random draw is seeded by (seed, stage, batch):
 a resume continues with exactly the batches it would have seen, and the same
@@ -622,11 +628,17 @@ def v2_unet(args, vae):
 
 
 def starting_text_encoder(args, tokenizer):
-    """--from-model's text encoder where given (it already knows the world's words), else a fresh one."""
+    """The text encoder v2's UNet stages start from: --from-model's where given, else this run's unet
+    stage's where it finished (either already knows the world's words), else a fresh one."""
     from transformers import CLIPTextModel
 
-    return (CLIPTextModel.from_pretrained(args.from_model / "text_encoder") if args.from_model
-            else make_text_encoder(tokenizer, args.text_width, args.text_layers))
+    if args.from_model:
+        return CLIPTextModel.from_pretrained(args.from_model / "text_encoder")
+    text_encoder = make_text_encoder(tokenizer, args.text_width, args.text_layers)
+    if (args.work_dir / "unet" / "final.safetensors").is_file():
+        text_encoder = load_final([make_unet(args.unet_channels, args.text_width), text_encoder],
+                                  args.work_dir / "unet")[1]
+    return text_encoder
 
 
 def train_unet2(tokenizer, args, device):
@@ -754,8 +766,8 @@ def build_parser():
     parser.add_argument("--shape-decoder-steps", type=int, default=1500,
                         help="v2: the decoder alone on the world and generic shapes; 0 skips it")
     parser.add_argument("--shape-decoder-lr", type=float, default=5e-4)
-    parser.add_argument("--vae2-steps", type=int, default=2000, help="v2: the whole VAE on the world and shapes")
-    parser.add_argument("--vae2-levels", type=int, default=3, choices=[2, 3],
+    parser.add_argument("--vae2-steps", type=int, default=1500, help="v2: the whole VAE on the world and shapes")
+    parser.add_argument("--vae2-levels", type=int, default=2, choices=[2, 3],
                         help="v2's VAE levels: 3 gives 16x16 latents (as v1), 2 gives 32x32")
     parser.add_argument("--unet2-cross-attention-16", action="store_true",
                         help="unet2 on 32x32 latents: cross-attention at its 16x16 level too, as unet16 has")
@@ -775,7 +787,7 @@ def build_parser():
     parser.add_argument("--unet16-steps", type=int, default=2000, help="v2's UNet stage, warm-started from v1")
     parser.add_argument("--unet16-lr", type=float, default=3e-4)
     parser.add_argument("--unet2-steps", type=int, default=8000,
-                        help="v2 experiment: a UNet from scratch on the vae2 stage's latents (at --unet-lr)")
+                        help="v2's UNet, from scratch on the vae2 stage's latents (at --unet-lr)")
     parser.add_argument("--unet16-latent-images", type=int, default=30000, help="world images for v2's UNet stage")
     parser.add_argument("--shape-images", type=int, default=6000, help="generic shape pictures for v2's UNet stage")
     parser.add_argument("--shape-share", type=float, default=0.2, help="share of each v2 UNet batch from the shapes")
@@ -816,20 +828,22 @@ def main(argv=None):
         build_tokenizer(tokenizer_dir)
     # the v2 stages keep the v1 model's tokenizer, whose token ids its text encoder learned
     tokenizer = CLIPTokenizer.from_pretrained(args.from_model / "tokenizer" if args.from_model else tokenizer_dir)
+    # "all" builds the shipped model, v2: v1's vae and unet stages (whose text encoder v2 starts
+    # from), then vae2 and unet2. The other stages are measured experiments, run by name.
     if args.stage in ("all", "vae"):
         train_vae(args, device)
-    if args.stage in ("all", "decoder") and args.decoder_steps:
+    if args.stage == "decoder" and args.decoder_steps:
         train_decoder(args, device)
-    if args.stage == "vae2":
-        train_vae2(args, device)
-    if args.stage == "unet2":
-        train_unet2(tokenizer, args, device)
-    if args.stage in ("all", "shapes") and args.shape_decoder_steps:
-        train_shape_decoder(args, device)
     if args.stage in ("all", "unet"):
         vae = load_final([make_vae()], args.work_dir / "vae")[0].to(device)
         train_unet(vae, tokenizer, args, device)
-    if args.stage in ("all", "unet16") and args.unet16_steps:
+    if args.stage in ("all", "vae2"):
+        train_vae2(args, device)
+    if args.stage in ("all", "unet2"):
+        train_unet2(tokenizer, args, device)
+    if args.stage == "shapes" and args.shape_decoder_steps:
+        train_shape_decoder(args, device)
+    if args.stage == "unet16" and args.unet16_steps:
         train_unet16(tokenizer, args, device)
     if args.stage in ("all", "assemble"):
         assemble(args, tokenizer, device)

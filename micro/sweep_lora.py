@@ -65,6 +65,11 @@ SETTINGS = {
     "identifier-5e-3-te-attention-empty-0.05": flags(True, 5e-3, empty_prompts=0.05),
     "identifier-te-attention-empty-0.05": flags(True, 1e-3, empty_prompts=0.05),
     "te-attention-empty-0.05": flags(True, empty_prompts=0.05),
+    "identifier-5e-3-te-attention-conv-empty-0.05": flags(True, 5e-3, empty_prompts=0.05, targets=CONVOLUTIONS),
+    "identifier-5e-3-te-attention-empty-0.05-rank16": flags(
+        True, 5e-3, empty_prompts=0.05, extra=["--rank", "16", "--lora-alpha", "128"]),
+    "identifier-5e-3-te-attention-empty-0.05-1600": flags(
+        True, 5e-3, empty_prompts=0.05, extra=["--max-train-steps", "1600"]),
 }
 
 
