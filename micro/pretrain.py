@@ -435,6 +435,7 @@ def train_vae2(args, device):
               args.seed,
               settings={"batch": args.vae_batch, "levels": args.vae2_levels, "latent_channels": args.vae2_latent_channels},
               plot_dir=args.outputs_dir)
+    vae = centred_vae(vae, args.seed, device)
     if args.vae2_dir:
         # a diffusers folder, with the scaling factor the UNet's latents are scaled by
         from common.errors import UserError
@@ -463,6 +464,25 @@ def stage_vae(folder):
         latent_channels = weights.get_slice("0.post_quant_conv.weight").get_shape()[0]
     return load_final([make_vae(width // VAE_CONFIG["block_out_channels"][0], levels, latent_channels)],
                       Path(folder))[0]
+
+
+def centred_vae(vae, seed, device):
+    """`vae` with its latents' mean over fresh world images (per channel) folded into its biases: the
+    encoder's quant_conv subtracts it and the decoder's post_quant_conv adds it back, so every round trip
+    is unchanged while the latents are centred on zero.
+
+    Why: sampling starts from zero-mean noise, and at the schedule's noisy end a latent still holds
+    sqrt(alphas_cumprod) of its clean value, so a UNet reads a zero-mean start as "a picture whose latent
+    mean is zero". Where the world's mean is far from zero (vae2's is, v1's much less), that drew every
+    picture with a colour cast (docs/micro_model.md). Stable Diffusion's pipeline has no shift of its
+    own (SD 3's shift_factor is not read by StableDiffusionPipeline), so the shift lives in the weights."""
+    with torch.no_grad():
+        pixels, _ = world_batch("vae", 10 ** 6, 256, seed)
+        mean = vae.encode(to_tensor(pixels).to(device)).latent_dist.mean.mean((0, 2, 3))
+        channels = mean.numel()
+        vae.quant_conv.bias[:channels] -= mean  # the first half of its output is the posterior's mean
+        vae.post_quant_conv.bias += vae.post_quant_conv.weight[:, :, 0, 0] @ mean
+    return vae
 
 
 def latent_scaling_factor(vae, seed, device):
@@ -611,7 +631,8 @@ def v2_vae(args):
         from diffusers import AutoencoderKL
 
         return AutoencoderKL.from_pretrained(args.vae2_dir), args.vae2_dir / "diffusion_pytorch_model.safetensors"
-    return stage_vae(args.work_dir / "vae2"), args.work_dir / "vae2" / "final.safetensors"
+    return (centred_vae(stage_vae(args.work_dir / "vae2"), args.seed, torch.device("cpu")),
+            args.work_dir / "vae2" / "final.safetensors")
 
 
 def v2_unet(args, vae):
@@ -653,7 +674,7 @@ def train_unet2(tokenizer, args, device):
                               ("latents-vae2", "shape-latents-vae2"),
                               {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
                                "cross_attention_16": args.unet2_cross_attention_16, "from": str(args.from_model)},
-                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest())
+                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred")
 
 
 def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, device, steps, lr, world_images,
@@ -786,7 +807,7 @@ def build_parser():
     parser.add_argument("--unet-steps", type=int, default=8000)
     parser.add_argument("--unet16-steps", type=int, default=2000, help="v2's UNet stage, warm-started from v1")
     parser.add_argument("--unet16-lr", type=float, default=3e-4)
-    parser.add_argument("--unet2-steps", type=int, default=8000,
+    parser.add_argument("--unet2-steps", type=int, default=6000,
                         help="v2's UNet, from scratch on the vae2 stage's latents (at --unet-lr)")
     parser.add_argument("--unet16-latent-images", type=int, default=30000, help="world images for v2's UNet stage")
     parser.add_argument("--shape-images", type=int, default=6000, help="generic shape pictures for v2's UNet stage")
