@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 # exercise3b flags of each setting, spelled out so that a change of defaults does not change them.
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 CONVOLUTIONS = ATTENTION + ["conv1", "conv2"]
+# Every convolution and linear layer of the UNet: what a LoRA can reach short of full fine-tuning.
+ALL_LAYERS = CONVOLUTIONS + ["conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "proj_in", "proj_out",
+                             "ff.net.0.proj", "ff.net.2", "linear_1", "linear_2"]
 AFRICAN_IN_FOUR_CONTEXTS = ["an african fabric pattern", "a dress made of african fabric pattern",
                             "a ceramic vase decorated with african fabric pattern",
                             "a cushion made of african fabric pattern"]
@@ -44,7 +47,8 @@ def flags(text_encoder, identifier_learning_rate=None, empty_prompts=0.0, target
 
 # unet-: the text encoder stays frozen; te-: its attention gets a LoRA too; identifier: the
 # identifier's token embeddings train (at 1e-3 unless named); empty: that share of instance
-# images trains with the empty prompt; conv: the ResNet convolutions are adapted as well.
+# images trains with the empty prompt; conv: the ResNet convolutions are adapted as well; all-layers:
+# every convolution and linear layer of the UNet.
 SETTINGS = {
     "unet-attention": flags(False),
     "unet-attention-conv": flags(False, targets=CONVOLUTIONS),
@@ -70,6 +74,8 @@ SETTINGS = {
         True, 5e-3, empty_prompts=0.05, extra=["--rank", "16", "--lora-alpha", "128"]),
     "identifier-5e-3-te-attention-empty-0.05-1600": flags(
         True, 5e-3, empty_prompts=0.05, extra=["--max-train-steps", "1600"]),
+    "unet-all-layers": flags(False, targets=ALL_LAYERS),
+    "unet-all-layers-no-prior": flags(False, targets=ALL_LAYERS, extra=["--no-prior-preservation"]),
 }
 
 
@@ -136,11 +142,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--class-dir", type=Path, default=REPO / "models" / "class_images")
     parser.add_argument("--output", type=Path, default=REPO / "outputs" / "lora_sweep.json")
+    parser.add_argument("--keep-runs", type=Path, default=None,
+                        help="write each run's folder (adapter, progress grid, judge report) here and keep it, "
+                             "to look at by eye; by default they go to a temporary folder")
     args = parser.parse_args(argv)
 
     jobs = [(name, SETTINGS[name], seed) for name in args.settings for seed in args.seeds]
     with tempfile.TemporaryDirectory(prefix="lora-sweep-") as scratch:
-        scratch = Path(scratch)
+        scratch = args.keep_runs or Path(scratch)
+        scratch.mkdir(parents=True, exist_ok=True)
         # Draw each class prompt's images once, before runs share the cache: a
         # one-update run per class prompt does exactly that.
         class_prompts = {class_prompts_of(flags) for _, flags, _ in jobs}

@@ -310,3 +310,17 @@ def test_lora_sweep_reads_class_prompts_and_tabulates_over_seeds():
     table = tabulate(results)
     assert table["x"] == {"sim": "0.600 ± 0.100", "seeds": 2}
     assert table["z"] == {"sim": "0.250", "seeds": 1} and "y" not in table  # failed runs are left out
+
+
+def test_every_lora_sweep_setting_is_a_valid_exercise3b_command_line():
+    """A misspelled flag in a setting would only fail minutes into a sweep; exercise3b's own parser
+    reads every setting here, and the all-layers settings reach the convolutions outside the ResNets."""
+    from exercise3b_train_lora import parse_args
+    from micro.sweep_lora import ALL_LAYERS, SETTINGS
+
+    for name, flags in SETTINGS.items():
+        args = parse_args(["--base-model", "micro", *flags])
+        assert args.lora_targets == flags[flags.index("--lora-targets") + 1:][:len(args.lora_targets)], name
+    assert {"conv_in", "conv_out", "conv_shortcut"} <= set(parse_args(SETTINGS["unet-all-layers"]).lora_targets)
+    assert parse_args(SETTINGS["unet-all-layers-no-prior"]).prior_preservation is False
+    assert len(set(ALL_LAYERS)) == len(ALL_LAYERS)
