@@ -146,6 +146,9 @@ def main(argv=None):
                         help="write each run's folder (adapter, progress grid, judge report) here and keep it, "
                              "to look at by eye; by default they go to a temporary folder")
     args = parser.parse_args(argv)
+    if args.keep_runs and args.keep_runs.exists() and any(args.keep_runs.iterdir()):
+        parser.error(f"--keep-runs {args.keep_runs} is not empty; name a new folder, so that no run's adapter "
+                     "is overwritten")
 
     jobs = [(name, SETTINGS[name], seed) for name in args.settings for seed in args.seeds]
     with tempfile.TemporaryDirectory(prefix="lora-sweep-") as scratch:

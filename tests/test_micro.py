@@ -324,3 +324,12 @@ def test_every_lora_sweep_setting_is_a_valid_exercise3b_command_line():
     assert {"conv_in", "conv_out", "conv_shortcut"} <= set(parse_args(SETTINGS["unet-all-layers"]).lora_targets)
     assert parse_args(SETTINGS["unet-all-layers-no-prior"]).prior_preservation is False
     assert len(set(ALL_LAYERS)) == len(ALL_LAYERS)
+
+
+def test_lora_sweep_refuses_a_keep_runs_folder_that_holds_runs(tmp_path, capsys):
+    from micro.sweep_lora import main
+
+    (tmp_path / "earlier-run").mkdir()
+    with pytest.raises(SystemExit):
+        main(["--keep-runs", str(tmp_path), "--settings", "unet-attention", "--seeds", "0"])
+    assert "not empty" in capsys.readouterr().err
