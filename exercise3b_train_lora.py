@@ -56,7 +56,7 @@ from common import prompts
 from common.base_model import MICRO, REPO, auto_help
 from common.cli import (add_training_flags, auto_or, make_parser, non_negative_float, positive_float,
                         positive_int, share)
-from common.errors import run_script
+from common.errors import UserError, run_script
 from common.forward_diffusion import noisy_batch
 from common.prior_preservation import prior_preservation_loss
 from common.training import COMPILE_MODES, COMPILE_SCOPES
@@ -359,14 +359,23 @@ def main(argv=None):
     # trained scale), and every adapter folder gets a model card.
     # -----------------------------------------------------------------------
     kohya_name = kohya_file_name(args.adapter_dir)
-    layers = save_kohya_lora(read_lora(args.adapter_dir), args.adapter_dir / kohya_name, overwrite=True)
+    try:
+        layers = save_kohya_lora(read_lora(args.adapter_dir), args.adapter_dir / kohya_name, overwrite=True)
+        no_web_ui_file = None
+    except UserError as reason:
+        # Layers outside the UNet's blocks (conv_in, conv_out, the time embedding) have no place in
+        # kohya's layout. The adapter itself is written and loads in diffusers, so the run still succeeds.
+        kohya_name, layers, no_web_ui_file = None, None, str(reason)
     card = write_lora_card(args.adapter_dir, base_model=args.base_model, where=where, args=args, summary=summary,
-                           kohya_name=kohya_name, layers=layers,
+                           kohya_name=kohya_name, layers=layers, no_web_ui_file=no_web_ui_file,
                            identifier_file="identifier_embeddings.safetensors" if identifier is not None else None,
                            grid=last_progress_grid(args.output_dir / "training_progress_lora"))
-    print(f"for the web UIs: {args.adapter_dir / kohya_name}"
-          + (" (the identifier's trained embeddings are not in that layout)" if identifier is not None else "")
-          + (f"; model card {card}" if card else ""))
+    if kohya_name:
+        print(f"for the web UIs: {args.adapter_dir / kohya_name}"
+              + (" (the identifier's trained embeddings are not in that layout)" if identifier is not None else "")
+              + (f"; model card {card}" if card else ""))
+    else:
+        print(f"no file for the web UIs: {no_web_ui_file}" + (f"; model card {card}" if card else ""))
     write_course_page(args.output_dir)  # outputs/index.html: the course's pictures so far, on one page
     print(run.describe())
     if args.base_model == MICRO and (REPO / "models" / "micro_judge").is_dir():

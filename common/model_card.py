@@ -108,7 +108,9 @@ def on_micro_note(base_model):
             "Stable Diffusion checkpoints); the file shows the format. An adapter trained on SD 1.5 loads there.")
 
 
-def write_lora_card(adapter_dir, *, base_model, where, args, summary, kohya_name, layers, identifier_file, grid):
+def write_lora_card(adapter_dir, *, base_model, where, args, summary, kohya_name, layers, identifier_file, grid,
+                    no_web_ui_file=None):
+    """The adapter folder's README.md; `no_web_ui_file`: why no file in kohya's layout was written."""
     scale = args.lora_alpha / args.rank
     code = (f'from diffusers import StableDiffusionPipeline\n'
             f'pipe = StableDiffusionPipeline.from_pretrained("{base_for_code(base_model, where)}")\n'
@@ -119,12 +121,15 @@ def write_lora_card(adapter_dir, *, base_model, where, args, summary, kohya_name
         identifier = (f"\n\nThe identifier's trained token embeddings (`{identifier_file}`) are not part of any "
                       "LoRA layout: diffusers' `load_lora_weights` and the web UIs load the LoRA without them. This "
                       f"repo's loader reads them: `python exercise1_generate.py --lora-dir {adapter_dir}`.")
-    layer_text = " and ".join(f"{count} {ROLE_NAMES[role]}" for role, count in layers.items())
-    web_ui = (f"Copy `{kohya_name}` into `stable-diffusion-webui/models/Lora/` (AUTOMATIC1111) or "
-              f"`ComfyUI/models/loras/` (ComfyUI's LoraLoader node), and prompt "
-              f"`<lora:{Path(kohya_name).stem}:1> {args.instance_prompt}`. It holds the {layer_text} LoRA "
-              f"layers in kohya's layout, at the trained scale alpha / r = {scale:g}." + identifier
-              + on_micro_note(base_model))
+    if no_web_ui_file:
+        web_ui = f"No file for the web UIs was written: {no_web_ui_file}." + identifier
+    else:
+        layer_text = " and ".join(f"{count} {ROLE_NAMES[role]}" for role, count in layers.items())
+        web_ui = (f"Copy `{kohya_name}` into `stable-diffusion-webui/models/Lora/` (AUTOMATIC1111) or "
+                  f"`ComfyUI/models/loras/` (ComfyUI's LoraLoader node), and prompt "
+                  f"`<lora:{Path(kohya_name).stem}:1> {args.instance_prompt}`. It holds the {layer_text} LoRA "
+                  f"layers in kohya's layout, at the trained scale alpha / r = {scale:g}." + identifier
+                  + on_micro_note(base_model))
     settings = {"optimizer updates": summary["optimizer_updates"], "rank r": args.rank, "lora_alpha": args.lora_alpha,
                 "scale (alpha / r)": f"{scale:g}", "learning rate": args.learning_rate,
                 "UNet modules": " ".join(args.lora_targets), "resolution": args.resolution,

@@ -429,3 +429,19 @@ def test_model_card_and_web_ui_file_and_a_users_readme_survives(tiny_pipeline_di
     assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path / "b", "--max-train-steps", 2)) == 0
     assert users.read_text() == "# my notes on this adapter\n"
     assert (tmp_path / "b" / "lora" / "lora_kohya.safetensors").is_file()
+
+
+def test_a_lora_on_layers_outside_the_blocks_is_written_without_a_web_ui_file(tiny_pipeline_dir, instance_dir,
+                                                                              tmp_path):
+    """conv_in has no place in kohya's layout: the run still writes the adapter, which loads, and says why
+    there is no web-UI file instead of failing after the training."""
+    from huggingface_hub import ModelCard
+
+    from common.adapters import read_lora
+
+    assert run_main(trainer, train_args(tiny_pipeline_dir, instance_dir, tmp_path / "a", "--max-train-steps", 1,
+                                        "--lora-targets", "to_q", "to_v", "conv_in")) == 0
+    lora = read_lora(tmp_path / "a" / "lora")
+    assert any(key.startswith("conv_in.") for key in lora.state_dict)
+    assert not (tmp_path / "a" / "lora" / "lora_kohya.safetensors").exists()
+    assert "No file for the web UIs was written" in ModelCard.load(tmp_path / "a" / "lora" / "README.md").text
