@@ -26,6 +26,8 @@ Measured experiments, run by name only (docs/micro_model.md says what each gave)
               --vae-widen N makes it N times as wide around v1's exact encoder
    unet16     v1's UNet with cross-attention at 16x16 too, warm-started from v1
    vae2 with --vae2-levels 3 (16x16 latents) and --vae2-latent-channels 16
+   unet2-more unet2 trained further from its final weights, with a fresh schedule
+              (--unet2-more-steps, --unet2-more-lr); assemble then takes it
 
 v2's UNet can also start from a v1 model folder's text encoder instead of this run's v1 stages
 (v1 is models/micro at commit 162ddd3: `git worktree add ../micro_v1 162ddd3`):
@@ -59,7 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "models" / "micro_pretraining"
 OUT = REPO / "models" / "micro"
 STAGE_SEEDS = {"vae": 1, "latents": 2, "unet": 3, "decoder": 4, "shapes": 5, "shape-latents": 6, "unet16": 7,
-               "vae2": 8, "unet2": 9}
+               "vae2": 8, "unet2": 9, "unet2-more": 10}
 # v2 (the "unet16" stage): cross-attention at 16x16 too, where a rosette is a few latent pixels
 # wide rather than one. Only cross-attention there: the prompt reaches the level, while
 # self-attention over its 256 positions stays out (the cost measured for v1). Two cross-attention
@@ -677,6 +679,23 @@ def train_unet2(tokenizer, args, device):
                               vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred")
 
 
+def train_unet2_more(tokenizer, args, device):
+    """More updates for unet2, warm-started from its final (averaged) weights, on the same latents, with
+    a fresh cosine schedule at `--unet2-more-lr`: unet2's own run cannot be extended, since its schedule
+    has already decayed to zero and its checkpoints hold their settings."""
+    vae, weights = v2_vae(args)
+    vae = vae.to(device).requires_grad_(False)
+    unet, text_encoder = load_final([v2_unet(args, vae), starting_text_encoder(args, tokenizer)],
+                                    args.work_dir / "unet2")
+    latent_size = unet.config.sample_size
+    train_on_world_and_shapes("unet2-more", unet.to(device), text_encoder.to(device), vae, tokenizer, args, device,
+                              args.unet2_more_steps, args.unet2_more_lr, args.unet16_latent_images,
+                              ("latents-vae2", "shape-latents-vae2"),
+                              {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
+                               "cross_attention_16": args.unet2_cross_attention_16, "from": "unet2"},
+                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred")
+
+
 def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, device, steps, lr, world_images,
                               cache_names, settings, vae_source=None):
     """Train `unet` and `text_encoder` on `vae`'s cached latents of `world_images` world pictures and
@@ -738,16 +757,16 @@ def assemble(args, tokenizer, device):
     # unet2 with vae2's VAE where it ran; else the newest decoder that ran (every v1 and shapes stage
     # keeps the vae stage's encoder), and unet16 where it ran
     done = lambda stage: (args.work_dir / stage / "final.safetensors").is_file()
-    if done("unet2"):
+    if done("unet2") or done("unet2-more"):
         vae = v2_vae(args)[0]
     elif done("shapes"):
         vae = stage_vae(args.work_dir / "shapes")
     else:
         vae = previous_vae(args)
     vae = vae.to(device)
-    if done("unet2"):
+    if done("unet2") or done("unet2-more"):  # unet2-more continues unet2 where it ran
         unet, text_encoder = load_final([v2_unet(args, vae), starting_text_encoder(args, tokenizer)],
-                                        args.work_dir / "unet2")
+                                        args.work_dir / ("unet2-more" if done("unet2-more") else "unet2"))
     elif done("unet16"):
         unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS),
                                          starting_text_encoder(args, tokenizer)], args.work_dir / "unet16")
@@ -780,7 +799,7 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "vae2", "unet2",
-                                            "shapes", "unet16", "assemble"], default="all")
+                                            "unet2-more", "shapes", "unet16", "assemble"], default="all")
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning; 0 skips it")
@@ -790,6 +809,9 @@ def build_parser():
     parser.add_argument("--vae2-steps", type=int, default=1500, help="v2: the whole VAE on the world and shapes")
     parser.add_argument("--vae2-levels", type=int, default=2, choices=[2, 3],
                         help="v2's VAE levels: 3 gives 16x16 latents (as v1), 2 gives 32x32")
+    parser.add_argument("--unet2-more-steps", type=int, default=2000,
+                        help="unet2-more: further updates from unet2's final weights (run by name)")
+    parser.add_argument("--unet2-more-lr", type=float, default=3e-4)
     parser.add_argument("--unet2-cross-attention-16", action="store_true",
                         help="unet2 on 32x32 latents: cross-attention at its 16x16 level too, as unet16 has")
     parser.add_argument("--vae2-dir", type=Path, default=None,
@@ -862,6 +884,8 @@ def main(argv=None):
         train_vae2(args, device)
     if args.stage in ("all", "unet2"):
         train_unet2(tokenizer, args, device)
+    if args.stage == "unet2-more" and args.unet2_more_steps:
+        train_unet2_more(tokenizer, args, device)
     if args.stage == "shapes" and args.shape_decoder_steps:
         train_shape_decoder(args, device)
     if args.stage == "unet16" and args.unet16_steps:

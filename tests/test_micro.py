@@ -242,6 +242,15 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
     if levels == 2:  # the layout v2 is heading for: assembled, it loads and draws as any SD folder
         from diffusers import StableDiffusionPipeline
 
+        # unet2-more starts exactly where unet2 ended, and assemble takes it once it has run
+        more = argparse_changed(args, unet2_more_steps=1, unet2_more_lr=1e-3)
+        unet2_weights = load_file(str(tmp_path / "work" / "unet2" / "final.safetensors"))
+        pretrain.train_unet2_more(tokenizer, more, torch.device("cpu"))
+        further = load_file(str(tmp_path / "work" / "unet2-more" / "final.safetensors"))
+        assert set(further) == set(unet2_weights)
+        moved = torch.cat([(further[key] - unet2_weights[key]).flatten() for key in further])
+        assert 0 < moved.norm() < 0.1 * torch.cat([w.flatten() for w in unet2_weights.values()]).norm()
+
         pretrain.assemble(argparse_changed(args, out_dir=tmp_path / "v2", device="cpu"), tokenizer,
                           torch.device("cpu"))
         pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "v2")
