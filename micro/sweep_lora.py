@@ -76,6 +76,10 @@ SETTINGS = {
         True, 5e-3, empty_prompts=0.05, extra=["--max-train-steps", "1600"]),
     "unet-all-layers": flags(False, targets=ALL_LAYERS),
     "unet-all-layers-no-prior": flags(False, targets=ALL_LAYERS, extra=["--no-prior-preservation"]),
+    "identifier-5e-3-all-layers-rank16": flags(False, 5e-3, targets=ALL_LAYERS,
+                                               extra=["--rank", "16", "--lora-alpha", "128"]),
+    "identifier-5e-3-all-layers-rank16-1600": flags(
+        False, 5e-3, targets=ALL_LAYERS, extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "1600"]),
 }
 
 
