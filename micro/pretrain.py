@@ -77,6 +77,28 @@ SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear
                 prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
+def noise_schedule(shift=1.0):
+    """SCHEDULE with every timestep's signal-to-noise ratio divided by `shift`, as `trained_betas`, which
+    the model folder's scheduler config keeps (and every scheduler made `from_config` reads); shift 1 is
+    SCHEDULE itself.
+
+    Why: the same noise hides less of a larger latent. The mean of n latent pixels sees its noise shrink
+    by sqrt(n), so at the schedule's noisy end a UNet on 32x32 latents can still read each picture's
+    colours from its noisy input, and learns to take them from there rather than from the prompt. At
+    sampling the start is pure noise, so the colours come from the seed. Dividing the SNR by the ratio
+    of latent pixels keeps the noise's grip on a picture's coarse content as it was at 16x16
+    (resolution-shifted schedules: Hoogeboom et al., 2023, "simple diffusion"; Esser et al., 2024, SD 3)."""
+    if shift == 1.0:
+        return dict(SCHEDULE)
+    from diffusers import DDPMScheduler
+
+    alphas_cumprod = DDPMScheduler(**SCHEDULE).alphas_cumprod.double()
+    snr = alphas_cumprod / (1 - alphas_cumprod) / shift
+    shifted = snr / (1 + snr)
+    betas = 1 - shifted / torch.cat([torch.ones(1, dtype=shifted.dtype), shifted[:-1]])
+    return {**SCHEDULE, "trained_betas": [float(beta) for beta in betas]}
+
+
 # Attention sits at the 8x8 and 4x4 levels (and the middle), not at 16x16: self-attention
 # over 256 positions was half the cost of every update (docs/micro_model.md, "Pretraining").
 # Fabric patterns are local, so convolutions draw them; the prompt still reaches every level
@@ -534,8 +556,15 @@ def cached_latents(vae, args, device, chunk=256, name="latents", count=None, bat
     return latents, specs
 
 
-def diffusion_loss(unet, text_encoder, tokenizer, noise_scheduler, latents, device):
-    """The UNet's loss on a batch of (cached latent rows, captions): epsilon prediction, Min-SNR-5 weighted."""
+def diffusion_loss(unet, text_encoder, tokenizer, noise_scheduler, latents, device, offset_noise=0.0):
+    """The UNet's loss on a batch of (cached latent rows, captions): epsilon prediction, Min-SNR-5 weighted,
+    with `offset_noise` times a per-picture, per-channel constant added to the noise (Guttenberg, 2023).
+
+    Why the offset: the mean of a latent's n pixels sees its noise shrink by sqrt(n), so on 32x32 latents
+    the UNet can read each picture's overall colour from its noisy input even at the schedule's noisiest
+    step, and learns to take it from there rather than from the prompt; sampling starts from noise whose
+    mean is near zero, and every picture comes out with the latents' average colour. A random offset
+    hides that mean, so the prompt has to supply it."""
     from diffusers.training_utils import compute_snr
 
     def loss_fn(rows_and_captions, update, generator):
@@ -543,7 +572,10 @@ def diffusion_loss(unet, text_encoder, tokenizer, noise_scheduler, latents, devi
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt").input_ids.to(device)
         clean = latents[rows].to(device)
-        noise = torch.randn(clean.shape, generator=generator).to(device)
+        noise = torch.randn(clean.shape, generator=generator)
+        if offset_noise:
+            noise = noise + offset_noise * torch.randn(clean.shape[:2] + (1, 1), generator=generator)
+        noise = noise.to(device)
         timesteps = torch.randint(0, 1000, (len(clean),), generator=generator).to(device)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         prediction = unet(noisy, timesteps, text_encoder(ids)[0]).sample
@@ -675,8 +707,10 @@ def train_unet2(tokenizer, args, device):
                               args.unet2_steps, args.unet_lr, args.unet16_latent_images,
                               ("latents-vae2", "shape-latents-vae2"),
                               {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
-                               "cross_attention_16": args.unet2_cross_attention_16, "from": str(args.from_model)},
-                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred")
+                               "cross_attention_16": args.unet2_cross_attention_16, "from": str(args.from_model),
+                               "schedule_shift": args.schedule_shift},
+                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred",
+                              schedule=noise_schedule(args.schedule_shift))
 
 
 def train_unet2_more(tokenizer, args, device):
@@ -692,12 +726,14 @@ def train_unet2_more(tokenizer, args, device):
                               args.unet2_more_steps, args.unet2_more_lr, args.unet16_latent_images,
                               ("latents-vae2", "shape-latents-vae2"),
                               {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
-                               "cross_attention_16": args.unet2_cross_attention_16, "from": "unet2"},
-                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred")
+                               "cross_attention_16": args.unet2_cross_attention_16, "from": "unet2",
+                               "schedule_shift": args.schedule_shift},
+                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred",
+                              schedule=noise_schedule(args.schedule_shift))
 
 
 def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, device, steps, lr, world_images,
-                              cache_names, settings, vae_source=None):
+                              cache_names, settings, vae_source=None, schedule=SCHEDULE):
     """Train `unet` and `text_encoder` on `vae`'s cached latents of `world_images` world pictures and
     `--shape-images` shape pictures, `--shape-share` of each batch from the shapes."""
     from diffusers import DDPMScheduler
@@ -720,10 +756,12 @@ def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, d
         return torch.from_numpy(rows), captions
 
     run_stage(args.work_dir / stage, [unet, text_encoder], steps, lr, lambda start: map(batch_at, range(start, steps)),
-              diffusion_loss(unet, text_encoder, tokenizer, DDPMScheduler(**SCHEDULE), latents, device),
+              diffusion_loss(unet, text_encoder, tokenizer, DDPMScheduler(**schedule), latents, device,
+                             args.offset_noise),
               args.seed, ema_decay=0.999,
               settings={"batch": args.unet_batch, "channels": list(args.unet_channels), "latent_images": world_images,
-                        "shape_images": args.shape_images, "shape_share": args.shape_share, **settings},
+                        "shape_images": args.shape_images, "shape_share": args.shape_share,
+                        "offset_noise": args.offset_noise, **settings},
               plot_dir=args.outputs_dir)
 
 
@@ -764,6 +802,7 @@ def assemble(args, tokenizer, device):
     else:
         vae = previous_vae(args)
     vae = vae.to(device)
+    schedule = noise_schedule(args.schedule_shift) if done("unet2") or done("unet2-more") else SCHEDULE
     if done("unet2") or done("unet2-more"):  # unet2-more continues unet2 where it ran
         unet, text_encoder = load_final([v2_unet(args, vae), starting_text_encoder(args, tokenizer)],
                                         args.work_dir / ("unet2-more" if done("unet2-more") else "unet2"))
@@ -776,7 +815,7 @@ def assemble(args, tokenizer, device):
                                         args.work_dir / "unet")
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, args.seed, device))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDPMScheduler(**SCHEDULE), safety_checker=None,
+                                   scheduler=DDPMScheduler(**schedule), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False).to(device)
     pipe.save_pretrained(args.out_dir, safe_serialization=True)
     print(f"wrote {args.out_dir}")
@@ -814,6 +853,12 @@ def build_parser():
     parser.add_argument("--unet2-more-lr", type=float, default=3e-4)
     parser.add_argument("--unet2-cross-attention-16", action="store_true",
                         help="unet2 on 32x32 latents: cross-attention at its 16x16 level too, as unet16 has")
+    parser.add_argument("--offset-noise", type=float, default=0.0,
+                        help="v2's UNet stages: this times a per-picture, per-channel constant added to the "
+                             "noise, so that a picture's colour comes from its prompt, not its noise")
+    parser.add_argument("--schedule-shift", type=float, default=1.0,
+                        help="v2's UNet stages and model: the noise schedule's signal-to-noise ratio divided "
+                             "by this (4 gives 32x32 latents the noise that 16x16 latents had)")
     parser.add_argument("--vae2-dir", type=Path, default=None,
                         help="vae2 writes its VAE here as a diffusers folder, and unet2 reads it from here "
                              "(else from <work-dir>/vae2)")

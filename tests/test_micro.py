@@ -225,7 +225,8 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
     args = _pretrain_args(tmp_path, vae2_levels=levels, vae2_steps=1, vae2_latent_channels=latent_channels,
                           from_model=None, vae2_dir=None, unet2_cross_attention_16=levels == 2,
                           unet2_steps=2, unet_lr=1e-3, unet_batch=2, unet_channels=[32, 32, 32], text_width=32,
-                          text_layers=1, unet16_latent_images=4, shape_images=4, shape_share=0.5)
+                          text_layers=1, unet16_latent_images=4, shape_images=4, shape_share=0.5,
+                          schedule_shift=4.0 if levels == 2 else 1.0, offset_noise=0.1 if levels == 2 else 0.0)
     tokenizer = CLIPTokenizer.from_pretrained("models/micro/tokenizer")
     pretrain.train_vae2(args, torch.device("cpu"))
     pretrain.train_unet2(tokenizer, args, torch.device("cpu"))
@@ -255,6 +256,12 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
                           torch.device("cpu"))
         pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "v2")
         assert pipe.unet.config.sample_size == 32 and list(pipe.vae.config.block_out_channels) == [32, 64]
+        # the shifted schedule the UNet trained with travels in the folder, to every scheduler made from it
+        from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+        sd_schedule = DDPMScheduler(**pretrain.SCHEDULE).alphas_cumprod
+        for scheduler in (pipe.scheduler, DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)):
+            torch.testing.assert_close(_snr(scheduler.alphas_cumprod), _snr(sd_schedule) / 4, rtol=1e-4, atol=0)
         image = pipe("a fabric pattern", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
         assert image.shape == (64, 64, 3)
     # another VAE in the vae2 stage's place: the cache is encoded anew, not read back
@@ -263,6 +270,46 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
                                        batch=pretrain.world_latents_batch, source="another VAE")
     assert not torch.equal(first, again)
     assert torch.equal(again, load_file(str(cache))["latents"])
+
+
+def _snr(alphas_cumprod):
+    return alphas_cumprod / (1 - alphas_cumprod)
+
+
+def test_noise_schedule_divides_every_timesteps_snr_by_the_shift_and_is_sds_at_shift_one():
+    from diffusers import DDPMScheduler
+
+    from micro.pretrain import SCHEDULE, noise_schedule
+
+    assert noise_schedule(1.0) == SCHEDULE
+    sd, shifted = (DDPMScheduler(**schedule).alphas_cumprod for schedule in (SCHEDULE, noise_schedule(3.0)))
+    torch.testing.assert_close(_snr(shifted), _snr(sd) / 3, rtol=1e-4, atol=0)
+    assert (shifted < sd).all() and (torch.diff(shifted) < 0).all()  # noisier at every step, still decreasing
+
+
+def test_offset_noise_hides_each_pictures_channel_means_from_the_unet():
+    from diffusers import DDPMScheduler
+
+    from micro.pretrain import SCHEDULE, diffusion_loss
+
+    seen = []
+
+    class RecordingUNet(torch.nn.Module):
+        def forward(self, noisy, timesteps, states):
+            seen.append(noisy / (1 - scheduler.alphas_cumprod[timesteps]).sqrt().view(-1, 1, 1, 1))
+            return type("Output", (), {"sample": torch.zeros_like(noisy)})
+
+    scheduler = DDPMScheduler(**SCHEDULE)
+    tokenizer = lambda captions, **_: type("Ids", (), {"input_ids": torch.zeros(len(captions), 77, dtype=torch.long)})
+    text_encoder = lambda ids: (torch.zeros(len(ids), 77, 8),)
+    latents = torch.zeros(128, 4, 32, 32)  # clean latents of zero: what the UNet sees is the noise alone
+    spreads = []
+    for offset in (0.0, 0.1):
+        loss_fn = diffusion_loss(RecordingUNet(), text_encoder, tokenizer, scheduler, latents, "cpu", offset)
+        loss_fn((torch.arange(128), [""] * 128), 0, torch.Generator().manual_seed(0))
+        spreads.append(seen[-1].mean((2, 3)).std().item())
+    # without an offset a 32x32 channel's mean varies by 1/32; the offset makes it vary by about 0.1
+    assert spreads[0] < 0.045 and 0.08 < spreads[1] < 0.13
 
 
 def test_pretraining_loop_resumes_exactly_and_refuses_other_settings(tmp_path):
