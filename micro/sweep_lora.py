@@ -80,6 +80,11 @@ SETTINGS = {
                                                extra=["--rank", "16", "--lora-alpha", "128"]),
     "identifier-5e-3-all-layers-rank16-1600": flags(
         False, 5e-3, targets=ALL_LAYERS, extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "1600"]),
+    "identifier-5e-3-all-layers-rank16-400": flags(
+        False, 5e-3, targets=ALL_LAYERS, extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "400"]),
+    "identifier-5e-3-all-layers-rank16-400-lr2e-4": flags(
+        False, 5e-3, targets=ALL_LAYERS, extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "400",
+                                                "--learning-rate", "2e-4"]),
 }
 
 
