@@ -31,6 +31,8 @@ CONVOLUTIONS = ATTENTION + ["conv1", "conv2"]
 # Every convolution and linear layer of the UNet: what a LoRA can reach short of full fine-tuning.
 ALL_LAYERS = CONVOLUTIONS + ["conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "proj_in", "proj_out",
                              "ff.net.0.proj", "ff.net.2", "linear_1", "linear_2"]
+# ALL_LAYERS but the ResNets' 3x3 convolutions, the costliest to adapt at the outer levels
+ALL_BUT_RESNET_CONVOLUTIONS = [target for target in ALL_LAYERS if target not in ("conv1", "conv2")]
 AFRICAN_IN_FOUR_CONTEXTS = ["an african fabric pattern", "a dress made of african fabric pattern",
                             "a ceramic vase decorated with african fabric pattern",
                             "a cushion made of african fabric pattern"]
@@ -80,6 +82,10 @@ SETTINGS = {
                                                extra=["--rank", "16", "--lora-alpha", "128"]),
     "identifier-5e-3-all-layers-rank16-1600": flags(
         False, 5e-3, targets=ALL_LAYERS, extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "1600"]),
+    "identifier-5e-3-all-but-resnet-convs-rank16": flags(False, 5e-3, targets=ALL_BUT_RESNET_CONVOLUTIONS,
+                                                         extra=["--rank", "16", "--lora-alpha", "128"]),
+    "identifier-5e-3-convs-rank16": flags(False, 5e-3, targets=CONVOLUTIONS,
+                                          extra=["--rank", "16", "--lora-alpha", "128"]),
     "identifier-5e-3-all-layers-rank16-400": flags(
         False, 5e-3, targets=ALL_LAYERS, extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "400"]),
     "identifier-5e-3-all-layers-rank16-400-lr2e-4": flags(

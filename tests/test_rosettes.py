@@ -4,7 +4,6 @@ warm start (the new 16x16 attention starts as nothing, so v2 first draws exactly
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from micro import rosettes, shapes, world
