@@ -82,12 +82,14 @@ def noise_schedule(shift=1.0):
     the model folder's scheduler config keeps (and every scheduler made `from_config` reads); shift 1 is
     SCHEDULE itself.
 
-    Why: the same noise hides less of a larger latent. The mean of n latent pixels sees its noise shrink
-    by sqrt(n), so at the schedule's noisy end a UNet on 32x32 latents can still read each picture's
-    colours from its noisy input, and learns to take them from there rather than from the prompt. At
-    sampling the start is pure noise, so the colours come from the seed. Dividing the SNR by the ratio
-    of latent pixels keeps the noise's grip on a picture's coarse content as it was at 16x16
-    (resolution-shifted schedules: Hoogeboom et al., 2023, "simple diffusion"; Esser et al., 2024, SD 3)."""
+    Why try it: the same noise hides less of a larger latent. The mean of n latent pixels sees its noise
+    shrink by sqrt(n), so at the schedule's noisy end a UNet on 32x32 latents can still read each
+    picture's colours from its noisy input, and learns to take them from there rather than from the
+    prompt; at sampling the start is pure noise, and every picture comes out in the latents' average
+    colour. Dividing the SNR by the ratio of latent pixels gives a picture's coarse content the noise
+    it had at 16x16 (resolution-shifted schedules: Hoogeboom et al., 2023, "simple diffusion"; Esser
+    et al., 2024, SD 3). On v2 it did not bring the colours back and `--offset-noise` did
+    (docs/micro_model.md, "Why v2 lost its colours")."""
     if shift == 1.0:
         return dict(SCHEDULE)
     from diffusers import DDPMScheduler
