@@ -701,34 +701,29 @@ def starting_text_encoder(args, tokenizer):
 def train_unet2(tokenizer, args, device):
     """v2's UNet from scratch (`v2_unet`) on the latents of vae2's VAE, with the text encoder
     warm-started from --from-model's where given."""
-    vae, weights = v2_vae(args)
-    vae = vae.to(device).requires_grad_(False)
-    unet, text_encoder = v2_unet(args, vae), starting_text_encoder(args, tokenizer)
-    latent_size = unet.config.sample_size
-    train_on_world_and_shapes("unet2", unet.to(device), text_encoder.to(device), vae, tokenizer, args, device,
-                              args.unet2_steps, args.unet_lr, args.unet16_latent_images,
-                              ("latents-vae2", "shape-latents-vae2"),
-                              {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
-                               "cross_attention_16": args.unet2_cross_attention_16, "from": str(args.from_model),
-                               "schedule_shift": args.schedule_shift},
-                              vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred",
-                              schedule=noise_schedule(args.schedule_shift))
+    train_on_vae2_latents("unet2", tokenizer, args, device, args.unet2_steps, args.unet_lr, str(args.from_model))
 
 
 def train_unet2_more(tokenizer, args, device):
     """More updates for unet2, warm-started from its final (averaged) weights, on the same latents, with
     a fresh cosine schedule at `--unet2-more-lr`: unet2's own run cannot be extended, since its schedule
     has already decayed to zero and its checkpoints hold their settings."""
+    train_on_vae2_latents("unet2-more", tokenizer, args, device, args.unet2_more_steps, args.unet2_more_lr,
+                          "unet2", start_from=args.work_dir / "unet2")
+
+
+def train_on_vae2_latents(stage, tokenizer, args, device, steps, lr, origin, start_from=None):
+    """v2's UNet and text encoder (as `v2_unet` and `starting_text_encoder` make them, or the final
+    weights in `start_from`) trained on the world and shapes as vae2's VAE encodes them."""
     vae, weights = v2_vae(args)
     vae = vae.to(device).requires_grad_(False)
-    unet, text_encoder = load_final([v2_unet(args, vae), starting_text_encoder(args, tokenizer)],
-                                    args.work_dir / "unet2")
-    latent_size = unet.config.sample_size
-    train_on_world_and_shapes("unet2-more", unet.to(device), text_encoder.to(device), vae, tokenizer, args, device,
-                              args.unet2_more_steps, args.unet2_more_lr, args.unet16_latent_images,
-                              ("latents-vae2", "shape-latents-vae2"),
-                              {"latent_channels": vae.config.latent_channels, "latent_size": latent_size,
-                               "cross_attention_16": args.unet2_cross_attention_16, "from": "unet2",
+    unet, text_encoder = v2_unet(args, vae), starting_text_encoder(args, tokenizer)
+    if start_from:
+        unet, text_encoder = load_final([unet, text_encoder], start_from)
+    train_on_world_and_shapes(stage, unet.to(device), text_encoder.to(device), vae, tokenizer, args, device,
+                              steps, lr, args.unet16_latent_images, ("latents-vae2", "shape-latents-vae2"),
+                              {"latent_channels": vae.config.latent_channels, "latent_size": unet.config.sample_size,
+                               "cross_attention_16": args.unet2_cross_attention_16, "from": origin,
                                "schedule_shift": args.schedule_shift},
                               vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred",
                               schedule=noise_schedule(args.schedule_shift))
