@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from common.cli import non_negative_float, positive_float
 from micro import world
 
 REPO = Path(__file__).resolve().parent.parent
@@ -850,10 +851,10 @@ def build_parser():
     parser.add_argument("--unet2-more-lr", type=float, default=3e-4)
     parser.add_argument("--unet2-cross-attention-16", action="store_true",
                         help="unet2 on 32x32 latents: cross-attention at its 16x16 level too, as unet16 has")
-    parser.add_argument("--offset-noise", type=float, default=0.0,
+    parser.add_argument("--offset-noise", type=non_negative_float, default=0.0,
                         help="v2's UNet stages: this times a per-picture, per-channel constant added to the "
                              "noise, so that a picture's colour comes from its prompt, not its noise")
-    parser.add_argument("--schedule-shift", type=float, default=1.0,
+    parser.add_argument("--schedule-shift", type=positive_float, default=1.0,
                         help="v2's UNet stages and model: the noise schedule's signal-to-noise ratio divided "
                              "by this (4 gives 32x32 latents the noise that 16x16 latents had)")
     parser.add_argument("--vae2-dir", type=Path, default=None,

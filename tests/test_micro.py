@@ -287,6 +287,16 @@ def test_noise_schedule_divides_every_timesteps_snr_by_the_shift_and_is_sds_at_s
     assert (shifted < sd).all() and (torch.diff(shifted) < 0).all()  # noisier at every step, still decreasing
 
 
+@pytest.mark.parametrize("flag, value", [("--schedule-shift", "0"), ("--schedule-shift", "-2"),
+                                         ("--offset-noise", "-0.1"), ("--offset-noise", "nan")])
+def test_pretrain_refuses_a_schedule_shift_or_offset_noise_out_of_range(flag, value, capsys):
+    from micro.pretrain import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([flag, value])
+    assert flag in capsys.readouterr().err
+
+
 def test_offset_noise_hides_each_pictures_channel_means_from_the_unet():
     from diffusers import DDPMScheduler
 
