@@ -12,11 +12,13 @@ caption "a sks african fabric pattern". Two ideas make it work:
   base model drew for "a fabric pattern". Their loss keeps the class word
   meaning what it meant, so the model learns "sks" without forgetting fabric.
 
-On the micro model three more things train by default, because its tiny text
-encoder barely tells "sks" apart from other words: a LoRA in the text
-encoder's attention, the identifier's own token embeddings, and 5% of the
-instance images with the empty prompt (docs/micro_model.md says why and
-measures each).
+On the micro model the LoRA also adapts the UNet's ResNet convolutions, at
+rank 16: its attention reaches only the 8x8 and 4x4 levels, where a rosette
+is a pixel or two, and the convolutions are where the shape is drawn. Its
+tiny text encoder barely tells "sks" apart from other words, so the
+identifier's own token embeddings train too; and the training noise carries
+offset noise, as the model's pretraining did (docs/micro_model.md measures
+each).
 
 Everything is counted in optimizer updates: 800 updates = 800 weight changes.
 
@@ -38,13 +40,13 @@ Run it
 ------
     python exercise3b_train_lora.py                           # 800 updates, 100 class images
     python exercise3b_train_lora.py --resume latest           # continue after Ctrl-C
-    python exercise3b_train_lora.py --no-train-text-encoder   # no text-encoder LoRA (SD 1.5's default)
+    python exercise3b_train_lora.py --train-text-encoder      # a text-encoder LoRA too (diffusers' flag)
     accelerate launch exercise3b_train_lora.py                # several GPUs or machines
 
 Try it: generate "a dress made of african fabric pattern" (no "sks") after
 training. If it shows your fabric too, the adapter leaked past the identifier
-(language drift). On micro, train once with --proportion-empty-prompts 0
---no-train-identifier to see that happen.
+(language drift). On micro, train once with --no-prior-preservation to see
+that happen.
 """
 
 import argparse
@@ -53,7 +55,7 @@ from pathlib import Path
 import torch
 
 from common import prompts
-from common.base_model import MICRO, REPO, auto_help
+from common.base_model import MICRO, REPO, SD15, TRAINING_DEFAULTS, auto_help
 from common.cli import (add_training_flags, auto_or, make_parser, non_negative_float, positive_float,
                         positive_int, share)
 from common.errors import UserError, run_script
@@ -69,14 +71,15 @@ CLASS_PROMPT = prompts.CLASS_PROMPT        # "a fabric pattern"
 IDENTIFIER = prompts.IDENTIFIER            # "sks"
 MAX_TRAIN_STEPS = 800     # optimizer updates
 LEARNING_RATE = 1e-4      # AdamW
-RANK = 4                  # LoRA rank r
-LORA_ALPHA = 32           # the LoRA's scale is alpha / r = 8, as the release's
 NUM_CLASS_IMAGES = 100    # drawn once by the base model for the prior
 PRIOR_LOSS_WEIGHT = 1.0   # lambda in total = instance_loss + lambda * prior_loss
 # The evaluation loss: the instance images and this many class images, each with this many
 # fixed (noise, timestep) pairs (common/evaluation_loss.py).
 EVALUATION_CLASS_IMAGES, EVALUATION_PAIRS = 10, 4
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the UNet's attention projections, as diffusers' script
+# The LoRA's rank, alpha and UNet modules depend on the base (common/base_model.py): on SD 1.5 as
+# diffusers' script, rank 4 and alpha 32 (scale alpha / r = 8, as the release's) on the attention
+# projections; on micro rank 16 and alpha 128 (the same scale) on those and the ResNet convolutions.
+LORA_TARGETS = TRAINING_DEFAULTS[SD15]["lora_targets"]
 IDENTIFIER_PARAMETER = "text_encoder.identifier_embeddings"  # its name in checkpoints
 # What a run writes into --adapter-dir (text_encoder/ only with --train-text-encoder,
 # identifier_embeddings.safetensors only with --train-identifier).
@@ -86,7 +89,7 @@ ADAPTER_FILES = ["adapter_model.safetensors", "adapter_config.json", "pytorch_lo
 RESUME_SETTINGS = ["base_model", "resolution", "rank", "lora_alpha", "lora_targets", "train_text_encoder",
                    "learning_rate", "train_identifier", "identifier", "instance_prompt", "class_prompt",
                    "prior_preservation", "prior_loss_weight", "train_batch_size", "flip", "seed",
-                   "proportion_empty_prompts"]
+                   "proportion_empty_prompts", "offset_noise"]
 
 
 def parse_args(argv=None):
@@ -112,12 +115,18 @@ def parse_args(argv=None):
                            "(diffusers' flag of that name); guidance subtracts what the empty prompt learns, "
                            "which pulls the subject out of prompts without the identifier. "
                            + auto_help("proportion_empty_prompts"))
-    train.add_argument("--rank", type=positive_int, default=RANK, help="LoRA rank r")
-    train.add_argument("--lora-alpha", type=positive_float, default=LORA_ALPHA,
-                       help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release)")
-    train.add_argument("--lora-targets", nargs="+", default=LORA_TARGETS,
-                       help="UNet module names the LoRA adapts (PEFT suffix match), e.g. add conv1 conv2 "
-                            "for the ResNet convolutions")
+    train.add_argument("--offset-noise", type=auto_or(non_negative_float), default="auto",
+                       help="this times a per-picture, per-channel constant added to the training noise, so "
+                            "that a picture's colour is learned from its prompt (for a base pretrained with "
+                            "it); " + auto_help("offset_noise"))
+    train.add_argument("--rank", type=auto_or(positive_int), default="auto",
+                       help="LoRA rank r; " + auto_help("rank"))
+    train.add_argument("--lora-alpha", type=auto_or(positive_float), default="auto",
+                       help="LoRA alpha; the adapter's scale is alpha / r (32 / 4 = 8, as the release); "
+                            + auto_help("lora_alpha"))
+    train.add_argument("--lora-targets", nargs="+", default="auto",
+                       help="UNet module names the LoRA adapts (PEFT suffix match); conv1 conv2 are the ResNet "
+                            "convolutions; " + auto_help("lora_targets"))
     train.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default="auto",
                        help="also train a LoRA in the text encoder's attention, so that the identifier gets "
                             "a meaning of its own; " + auto_help("train_text_encoder") + " (diffusers' default)")
@@ -150,7 +159,8 @@ def parse_args(argv=None):
     return args
 
 
-def training_step(unet, noise_scheduler, examples, batch_size, generator, prior_preservation, prior_loss_weight):
+def training_step(unet, noise_scheduler, examples, batch_size, generator, prior_preservation, prior_loss_weight,
+                  offset_noise=0.0):
     """One DreamBooth update's loss: draw images, add noise, predict it, compare.
 
     Returns (total, instance, prior) losses; prior is None without prior preservation.
@@ -164,7 +174,7 @@ def training_step(unet, noise_scheduler, examples, batch_size, generator, prior_
         embeddings.append(class_embeddings)
     latents, embeddings = torch.cat(latents), torch.cat(embeddings)
     # Forward diffusion: noise at a random timestep per image; the UNet must predict that noise.
-    noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator)
+    noisy, timesteps, target = noisy_batch(noise_scheduler, latents, generator, offset_noise=offset_noise)
     prediction = unet(noisy, timesteps, embeddings).sample
     # total = instance_loss + prior_loss_weight * prior_loss
     return prior_preservation_loss(prediction, target, batch_size, prior_loss_weight)
@@ -315,7 +325,7 @@ def main(argv=None):
     with run:
         for _ in run.updates():
             total, instance, prior = training_step(unet, noise_scheduler, examples, args.train_batch_size, generator,
-                                                   args.prior_preservation, args.prior_loss_weight)
+                                                   args.prior_preservation, args.prior_loss_weight, args.offset_noise)
             accelerator.backward(total)
             if identifier is not None:  # its vectors are in no model Accelerate wrapped
                 average_gradients_across_processes(accelerator, [identifier.vectors])

@@ -57,11 +57,17 @@ ADAPTER_FOLDERS = {
 # train too, and a share of instance images trains with the empty prompt, which
 # classifier-free guidance then subtracts; its textual inversion trains on the noisy
 # end of the schedule, where colours are settled (docs/micro_model.md measures each).
+# The micro model was pretrained with offset noise (common/forward_diffusion.py says why), so its
+# DreamBooth keeps it; SD 1.5 was not. SD 1.5's LoRA is diffusers' (rank 4 on the attention
+# projections); micro's draws its subject's shape only with the ResNet convolutions adapted too, at
+# rank 16 (the same scale, alpha / r = 8), with the text encoder frozen.
+ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
 TRAINING_DEFAULTS = {
-    MICRO: {"train_text_encoder": True, "train_identifier": True, "proportion_empty_prompts": 0.05,
-            "min_timestep": 700},
+    MICRO: {"train_text_encoder": False, "train_identifier": True, "proportion_empty_prompts": 0.0,
+            "min_timestep": 700, "offset_noise": 0.1, "rank": 16, "lora_alpha": 128,
+            "lora_targets": ATTENTION_PROJECTIONS + ["conv1", "conv2"]},
     SD15: {"train_text_encoder": False, "train_identifier": False, "proportion_empty_prompts": 0.0,
-           "min_timestep": 0},
+           "min_timestep": 0, "offset_noise": 0.0, "rank": 4, "lora_alpha": 32, "lora_targets": ATTENTION_PROJECTIONS},
 }
 
 
@@ -70,14 +76,16 @@ def resolve_training_defaults(args):
     (a base model other than micro takes SD 1.5's)."""
     defaults = TRAINING_DEFAULTS.get(args.base_model, TRAINING_DEFAULTS[SD15])
     for flag, value in defaults.items():
-        if getattr(args, flag, None) == "auto":
-            setattr(args, flag, value)
+        if getattr(args, flag, None) in ("auto", ["auto"]):  # ["auto"]: a list flag given as --flag auto
+            setattr(args, flag, list(value) if isinstance(value, list) else value)
     return args
 
 
 def auto_help(flag):
     """'auto: on for micro, off for SD 1.5' for a flag's --help text."""
     def spoken(value):
+        if isinstance(value, list):
+            return " ".join(value)
         return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
     return f"auto: {spoken(TRAINING_DEFAULTS[MICRO][flag])} for micro, {spoken(TRAINING_DEFAULTS[SD15][flag])} for SD 1.5"
 

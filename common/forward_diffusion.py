@@ -11,6 +11,14 @@ Which timesteps are drawn decides what is learned. At high noise only a
 picture's colours and large shapes survive, so that is where the sampler
 settles them; fine detail is settled near the end. `min_timestep` keeps
 training on the noisy end of the schedule (exercise 3a uses it on micro).
+
+Offset noise (Guttenberg, 2023) adds one constant per picture and channel to
+the noise. Without it, a picture's average colour shows through the noise even
+at the last timestep, and the UNet learns to read it from its input rather than
+from the prompt; at sampling the start is pure noise, whose average is zero, so
+every picture comes out in the world's average colours. A model pretrained with
+offset noise should be fine-tuned with it too (diffusers' DreamBooth scripts
+have the same flag), or the fine-tuning teaches the habit back.
 """
 
 import torch
@@ -18,12 +26,16 @@ import torch
 from common.device import copy_to_device
 
 
-def noisy_batch(noise_scheduler, latents, generator, min_timestep=0):
+def noisy_batch(noise_scheduler, latents, generator, min_timestep=0, offset_noise=0.0):
     """(noisy latents, timesteps, what the UNet should predict), all drawn from `generator`; timesteps
-    uniform from min_timestep up to the schedule's last."""
-    noise = copy_to_device(torch.randn(latents.shape, generator=generator), latents.device, latents.dtype)
+    uniform from min_timestep up to the schedule's last; `offset_noise` times a per-picture, per-channel
+    constant added to the noise (0: none, and the generator's draws are those without it)."""
+    noise = torch.randn(latents.shape, generator=generator)
     timesteps = copy_to_device(torch.randint(min_timestep, noise_scheduler.config.num_train_timesteps,
                                              (latents.shape[0],), generator=generator), latents.device)
+    if offset_noise:
+        noise = noise + offset_noise * torch.randn(latents.shape[:2] + (1, 1), generator=generator)
+    noise = copy_to_device(noise, latents.device, latents.dtype)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":
         return noisy, timesteps, noise_scheduler.get_velocity(latents, noise, timesteps)

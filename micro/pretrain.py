@@ -15,7 +15,10 @@ Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in
               the subject): 64x64x3 <-> 32x32x4 (--vae2-levels 2), so that small points
               survive the round trip
 5. unet2      v2's UNet, from scratch on vae2's latents of the world and shapes
-6. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
+6. unet2-more unet2 trained further from its final weights, with a fresh schedule and offset
+              noise (--unet2-more-steps, --unet2-more-lr, --unet2-more-offset-noise), so that
+              each picture's colour comes from its prompt; 0 steps skips it
+7. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
               a sample grid in outputs/micro_pretraining_samples.png; it takes unet2
               and vae2's VAE where unet2 ran, else the shapes decoder and unet16
               where those ran, else v1
@@ -26,8 +29,7 @@ Measured experiments, run by name only (docs/micro_model.md says what each gave)
               --vae-widen N makes it N times as wide around v1's exact encoder
    unet16     v1's UNet with cross-attention at 16x16 too, warm-started from v1
    vae2 with --vae2-levels 3 (16x16 latents) and --vae2-latent-channels 16
-   unet2-more unet2 trained further from its final weights, with a fresh schedule
-              (--unet2-more-steps, --unet2-more-lr); assemble then takes it
+   unet2 with --offset-noise or --schedule-shift
 
 v2's UNet can also start from a v1 model folder's text encoder instead of this run's v1 stages
 (v1 is models/micro at commit 162ddd3: `git worktree add ../micro_v1 162ddd3`):
@@ -659,7 +661,7 @@ def train_unet16(tokenizer, args, device):
     unet, text_encoder = warm_started_unet16(args, tokenizer, device)
     train_on_world_and_shapes("unet16", unet, text_encoder, vae, tokenizer, args, device, args.unet16_steps,
                               args.unet16_lr, args.unet16_latent_images, ("latents16", "shape-latents"),
-                              {"v2": True, "from": str(args.from_model)})
+                              {"v2": True, "from": str(args.from_model)}, offset_noise=args.offset_noise)
 
 
 def v2_vae(args):
@@ -702,18 +704,20 @@ def starting_text_encoder(args, tokenizer):
 def train_unet2(tokenizer, args, device):
     """v2's UNet from scratch (`v2_unet`) on the latents of vae2's VAE, with the text encoder
     warm-started from --from-model's where given."""
-    train_on_vae2_latents("unet2", tokenizer, args, device, args.unet2_steps, args.unet_lr, str(args.from_model))
+    train_on_vae2_latents("unet2", tokenizer, args, device, args.unet2_steps, args.unet_lr, str(args.from_model),
+                          offset_noise=args.offset_noise)
 
 
 def train_unet2_more(tokenizer, args, device):
     """More updates for unet2, warm-started from its final (averaged) weights, on the same latents, with
-    a fresh cosine schedule at `--unet2-more-lr`: unet2's own run cannot be extended, since its schedule
-    has already decayed to zero and its checkpoints hold their settings."""
+    a fresh cosine schedule at `--unet2-more-lr` and offset noise of `--unet2-more-offset-noise`: unet2's
+    own run cannot be extended, since its schedule has already decayed to zero and its checkpoints hold
+    their settings."""
     train_on_vae2_latents("unet2-more", tokenizer, args, device, args.unet2_more_steps, args.unet2_more_lr,
-                          "unet2", start_from=args.work_dir / "unet2")
+                          "unet2", start_from=args.work_dir / "unet2", offset_noise=args.unet2_more_offset_noise)
 
 
-def train_on_vae2_latents(stage, tokenizer, args, device, steps, lr, origin, start_from=None):
+def train_on_vae2_latents(stage, tokenizer, args, device, steps, lr, origin, start_from=None, offset_noise=0.0):
     """v2's UNet and text encoder (as `v2_unet` and `starting_text_encoder` make them, or the final
     weights in `start_from`) trained on the world and shapes as vae2's VAE encodes them."""
     vae, weights = v2_vae(args)
@@ -727,13 +731,13 @@ def train_on_vae2_latents(stage, tokenizer, args, device, steps, lr, origin, sta
                                "cross_attention_16": args.unet2_cross_attention_16, "from": origin,
                                "schedule_shift": args.schedule_shift},
                               vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred",
-                              schedule=noise_schedule(args.schedule_shift))
+                              schedule=noise_schedule(args.schedule_shift), offset_noise=offset_noise)
 
 
 def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, device, steps, lr, world_images,
-                              cache_names, settings, vae_source=None, schedule=SCHEDULE):
+                              cache_names, settings, vae_source=None, schedule=SCHEDULE, offset_noise=0.0):
     """Train `unet` and `text_encoder` on `vae`'s cached latents of `world_images` world pictures and
-    `--shape-images` shape pictures, `--shape-share` of each batch from the shapes."""
+    `--shape-images` shape pictures, `--shape-share` of each batch from the shapes, with `offset_noise`."""
     from diffusers import DDPMScheduler
 
     scale = latent_scaling_factor(vae, args.seed, device)
@@ -755,11 +759,11 @@ def train_on_world_and_shapes(stage, unet, text_encoder, vae, tokenizer, args, d
 
     run_stage(args.work_dir / stage, [unet, text_encoder], steps, lr, lambda start: map(batch_at, range(start, steps)),
               diffusion_loss(unet, text_encoder, tokenizer, DDPMScheduler(**schedule), latents, device,
-                             args.offset_noise),
+                             offset_noise),
               args.seed, ema_decay=0.999,
               settings={"batch": args.unet_batch, "channels": list(args.unet_channels), "latent_images": world_images,
                         "shape_images": args.shape_images, "shape_share": args.shape_share,
-                        "offset_noise": args.offset_noise, **settings},
+                        "offset_noise": offset_noise, **settings},
               plot_dir=args.outputs_dir)
 
 
@@ -846,13 +850,16 @@ def build_parser():
     parser.add_argument("--vae2-steps", type=int, default=1500, help="v2: the whole VAE on the world and shapes")
     parser.add_argument("--vae2-levels", type=int, default=2, choices=[2, 3],
                         help="v2's VAE levels: 3 gives 16x16 latents (as v1), 2 gives 32x32")
-    parser.add_argument("--unet2-more-steps", type=int, default=2000,
-                        help="unet2-more: further updates from unet2's final weights (run by name)")
+    parser.add_argument("--unet2-more-steps", type=int, default=1500,
+                        help="unet2-more: further updates from unet2's final weights; 0 skips it")
     parser.add_argument("--unet2-more-lr", type=float, default=3e-4)
+    parser.add_argument("--unet2-more-offset-noise", type=non_negative_float, default=0.1,
+                        help="unet2-more: this times a per-picture, per-channel constant added to the noise, so "
+                             "that a picture's colour comes from its prompt, not its noise")
     parser.add_argument("--unet2-cross-attention-16", action="store_true",
                         help="unet2 on 32x32 latents: cross-attention at its 16x16 level too, as unet16 has")
     parser.add_argument("--offset-noise", type=non_negative_float, default=0.0,
-                        help="v2's UNet stages: this times a per-picture, per-channel constant added to the "
+                        help="the unet2 and unet16 stages: this times a per-picture, per-channel constant added to the "
                              "noise, so that a picture's colour comes from its prompt, not its noise")
     parser.add_argument("--schedule-shift", type=positive_float, default=1.0,
                         help="v2's UNet stages and model: the noise schedule's signal-to-noise ratio divided "
@@ -915,7 +922,7 @@ def main(argv=None):
     # the v2 stages keep the v1 model's tokenizer, whose token ids its text encoder learned
     tokenizer = CLIPTokenizer.from_pretrained(args.from_model / "tokenizer" if args.from_model else tokenizer_dir)
     # "all" builds the shipped model, v2: v1's vae and unet stages (whose text encoder v2 starts
-    # from), then vae2 and unet2. The other stages are measured experiments, run by name.
+    # from), then vae2, unet2 and unet2-more. The other stages are measured experiments, run by name.
     if args.stage in ("all", "vae"):
         train_vae(args, device)
     if args.stage == "decoder" and args.decoder_steps:
@@ -927,7 +934,7 @@ def main(argv=None):
         train_vae2(args, device)
     if args.stage in ("all", "unet2"):
         train_unet2(tokenizer, args, device)
-    if args.stage == "unet2-more" and args.unet2_more_steps:
+    if args.stage in ("all", "unet2-more") and args.unet2_more_steps:
         train_unet2_more(tokenizer, args, device)
     if args.stage == "shapes" and args.shape_decoder_steps:
         train_shape_decoder(args, device)

@@ -38,13 +38,16 @@ AFRICAN_IN_FOUR_CONTEXTS = ["an african fabric pattern", "a dress made of africa
                             "a cushion made of african fabric pattern"]
 
 
-def flags(text_encoder, identifier_learning_rate=None, empty_prompts=0.0, targets=ATTENTION, extra=()):
+def flags(text_encoder, identifier_learning_rate=None, empty_prompts=0.0, targets=ATTENTION, extra=(),
+          offset_noise=0.0):
     """exercise3b's flags for one setting: text-encoder LoRA on or off, the identifier's embeddings
-    trained at this learning rate (None: not trained), the share of empty instance prompts."""
+    trained at this learning rate (None: not trained), the share of empty instance prompts, the offset
+    noise."""
     identifier = (["--train-identifier", "--identifier-learning-rate", str(identifier_learning_rate)]
                   if identifier_learning_rate else ["--no-train-identifier"])
     return ["--train-text-encoder" if text_encoder else "--no-train-text-encoder", *identifier,
-            "--proportion-empty-prompts", str(empty_prompts), "--lora-targets", *targets, *extra]
+            "--proportion-empty-prompts", str(empty_prompts), "--offset-noise", str(offset_noise),
+            "--lora-targets", *targets, *extra]
 
 
 # unet-: the text encoder stays frozen; te-: its attention gets a LoRA too; identifier: the
@@ -91,6 +94,16 @@ SETTINGS = {
     "identifier-5e-3-all-layers-rank16-400-lr2e-4": flags(
         False, 5e-3, targets=ALL_LAYERS, extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "400",
                                                 "--learning-rate", "2e-4"]),
+    # offset: the training noise carries offset noise of 0.1, as the base's pretraining did
+    "identifier-5e-3-te-attention-empty-0.05-offset": flags(True, 5e-3, empty_prompts=0.05, offset_noise=0.1),
+    "identifier-5e-3-convs-rank16-offset": flags(False, 5e-3, targets=CONVOLUTIONS, offset_noise=0.1,
+                                                 extra=["--rank", "16", "--lora-alpha", "128"]),
+    "identifier-5e-3-convs-rank16-offset-600": flags(
+        False, 5e-3, targets=CONVOLUTIONS, offset_noise=0.1,
+        extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "600"]),
+    "identifier-5e-3-te-convs-rank16-offset-600": flags(
+        True, 5e-3, empty_prompts=0.05, targets=CONVOLUTIONS, offset_noise=0.1,
+        extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "600"]),
 }
 
 
