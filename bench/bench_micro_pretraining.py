@@ -5,7 +5,7 @@ judge) at their default sizes, in a scratch folder, and multiplies by the
 default number of updates: the estimate of a full run from scratch here. The
 first updates of each stage (warm-up) are not counted.
 
-    python bench/bench_micro_pretraining.py          # about 3 minutes on 2 cores
+    python bench/bench_micro_pretraining.py          # about 5 minutes on 2 cores
 """
 
 import argparse
@@ -86,6 +86,12 @@ def main():
         pretrain.train_unet2(tokenizer, v2_run, cpu)
         unet2_rate = (time.perf_counter() - started - 3 * encode2) / (2 + args.updates)
         rows.append(("unet2 (v2's UNet)", unet2_rate, defaults.unet2_steps, True))
+        # from unet2's final weights just written, on the latents it cached: no encoding to take off
+        more_run = argparse.Namespace(**{**vars(v2_run), "unet2_more_steps": 2 + args.updates})
+        started = time.perf_counter()
+        pretrain.train_unet2_more(tokenizer, more_run, cpu)
+        rows.append(("unet2-more (offset noise)", (time.perf_counter() - started) / (2 + args.updates),
+                     defaults.unet2_more_steps, True))
         # the measured experiments, run by name only
         decoder_rate, _ = stage_rate(lambda run: pretrain.train_decoder(run, cpu), "decoder_steps")
         rows.append(("decoder (experiment)", decoder_rate, defaults.decoder_steps, False))

@@ -81,7 +81,8 @@ def test_fused_lora_draws_what_the_unfused_one_draws(load_tiny_pipe, tiny_lora_d
 
 
 def test_fused_micro_lora_keeps_its_text_encoder_part_and_identifier_embeddings():
-    """The shipped micro adapter also has a text-encoder LoRA and the identifier's trained embeddings."""
+    """The shipped micro adapter also has the identifier's trained embeddings (and a text-encoder LoRA where
+    one trained): fusing keeps what they do to the prompt."""
     from common.adapters import fuse_lora
     from common.base_model import MICRO_FOLDER, REPO
     from common.pipeline import load_pipeline
