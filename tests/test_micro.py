@@ -1,5 +1,7 @@
 """The embedded micro model: its world, tokenizer, judge and the model itself."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -83,15 +85,13 @@ def test_judge_is_accurate_on_fresh_images():
 
 @needs_model
 def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
-    import json
-
     import exercise3b_train_lora as trainer
     from micro import evaluate
     from tests.helpers import run_main
 
     args = ["--base-model", "micro", "--adapter-dir", tmp_path / "lora", "--class-dir", tmp_path / "classes",
-            "--output-dir", tmp_path / "out", "--num-class-images", 8, "--max-train-steps", 150,
-            "--learning-rate", 3e-4, "--steps", 12, "--progress-every", 1000]
+            "--output-dir", tmp_path / "out", "--num-class-images", 8, "--max-train-steps", 300,
+            "--learning-rate", 1e-3, "--steps", 12, "--progress-every", 1000]
     assert run_main(trainer, args) == 0
     # what exercise3b's last line tells a student to run
     evaluate.main(["--lora-dir", str(tmp_path / "lora"), "--subject-only", "--steps", "12",
@@ -99,7 +99,9 @@ def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
     judge = json.loads((tmp_path / "judge.json").read_text())["subject"]
     after = judge["lora_with_sks"]["similarity_to_training_images"]
     before = judge["base_with_sks"]["similarity_to_training_images"]
-    assert after > before + 0.05, json.dumps(judge)  # measured: 0.463 -> 0.637 (without "sks": 0.448 -> 0.415)
+    # measured on v2 (2026-12-04): 0.463 -> 0.674; this short, hot run also drifts without "sks" and loses
+    # context, which the default run (800 updates at 1e-4) does not
+    assert after > before + 0.05, json.dumps(judge)
     by_context = judge["lora_with_sks"]["similarity_by_context"]
     assert set(by_context) == {"swatch", "dress", "wallpaper", "handbag", "vase", "basket", "cushion"}
     assert sum(by_context.values()) / len(by_context) == pytest.approx(after, abs=0.002)
@@ -244,13 +246,17 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
         from diffusers import StableDiffusionPipeline
 
         # unet2-more starts exactly where unet2 ended, and assemble takes it once it has run
-        more = argparse_changed(args, unet2_more_steps=1, unet2_more_lr=1e-3)
+        more = argparse_changed(args, unet2_more_steps=1, unet2_more_lr=1e-3, unet2_more_offset_noise=0.2)
         unet2_weights = load_file(str(tmp_path / "work" / "unet2" / "final.safetensors"))
         pretrain.train_unet2_more(tokenizer, more, torch.device("cpu"))
         further = load_file(str(tmp_path / "work" / "unet2-more" / "final.safetensors"))
         assert set(further) == set(unet2_weights)
         moved = torch.cat([(further[key] - unet2_weights[key]).flatten() for key in further])
         assert 0 < moved.norm() < 0.1 * torch.cat([w.flatten() for w in unet2_weights.values()]).norm()
+        # each stage trains with its own offset noise, and says so in its settings
+        recorded = {stage: json.loads((tmp_path / "work" / stage / "progress.json").read_text())["settings"]
+                    for stage in ("unet2", "unet2-more")}
+        assert (recorded["unet2"]["offset_noise"], recorded["unet2-more"]["offset_noise"]) == (0.1, 0.2)
 
         pretrain.assemble(argparse_changed(args, out_dir=tmp_path / "v2", device="cpu"), tokenizer,
                           torch.device("cpu"))
