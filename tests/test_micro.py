@@ -108,9 +108,11 @@ def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
 
 
 @needs_model
-def test_shipped_lora_moves_the_identifier_prompt_and_leaves_the_class_noun_at_every_guidance():
-    """The lesson on the shipped adapter, as drift_by_guidance measures it (docs/micro_model.md: 0.30 / 0.36 for the
-    identifier, 0.02 / -0.07 for the class noun at guidance 1 / 7.5, 12 seeds, 30 steps)."""
+def test_shipped_lora_moves_the_identifier_prompt_more_than_the_class_noun_which_stays_at_7_5():
+    """The lesson on the shipped adapter, as drift_by_guidance measures it (measured on v2, 8 seeds, 30 steps:
+    the identifier moves 0.33 / 0.21 at guidance 1 / 7.5, the class noun 0.16 / -0.01: the ResNet convolutions
+    see no prompt, so without guidance the class drifts half as far as the identifier; at the scripts'
+    guidance it stays)."""
     from common.adapters import load_lora
     from common.base_model import REPO
     from common.pipeline import load_pipeline
@@ -123,9 +125,12 @@ def test_shipped_lora_moves_the_identifier_prompt_and_leaves_the_class_noun_at_e
     report = drift_by_guidance(pipe, load_training_images(REPO / "training_images", 64), seeds=range(8))
     for guidance in (1.0, 7.5):
         moved = {name: row["moved"] for name, row in report[guidance].items()}
-        assert moved["identifier"] > 0.2, report
-        # toward the subject only through "sks"; the empty prompts may push the others a little away
-        assert -0.2 < moved["class noun"] < 0.08 and -0.2 < moved["class prompt (prior)"] < 0.08, report
+        assert moved["identifier"] > 0.15, report
+        assert moved["class noun"] < 0.7 * moved["identifier"], report
+    # at the scripts' guidance, toward the subject only through "sks"
+    moved = {name: row["moved"] for name, row in report[7.5].items()}
+    assert -0.2 < moved["class noun"] < 0.08 and -0.2 < moved["class prompt (prior)"] < 0.08, report
+    for guidance in (1.0, 7.5):
         assert all(row["moved"] == pytest.approx(row["lora"] - row["base"], abs=0.0015)
                    for row in report[guidance].values())
 

@@ -52,7 +52,7 @@ def outputs(pipe, prompt, latent_size):
         return text, pipe.unet(sample, 500, text).sample
 
 
-def assert_same_as_repo_loader(make_pipe, lora_dir, kohya_file, prompt, latent_size):
+def assert_same_as_repo_loader(make_pipe, lora_dir, kohya_file, prompt, latent_size, text_encoder_lora=True):
     ours, theirs = make_pipe(), make_pipe()
     adapter = load_lora(ours, lora_dir)
     theirs.load_lora_weights(str(kohya_file), adapter_name="web_ui")
@@ -64,12 +64,16 @@ def assert_same_as_repo_loader(make_pipe, lora_dir, kohya_file, prompt, latent_s
     text_theirs, unet_theirs = outputs(theirs, prompt, latent_size)
     theirs.disable_lora()
     text_off, unet_off = outputs(theirs, prompt, latent_size)
-    for mine, kohya, off in ((text_ours, text_theirs, text_off), (unet_ours, unet_theirs, unet_off)):
+    for mine, kohya, off, adapted in ((text_ours, text_theirs, text_off, text_encoder_lora),
+                                      (unet_ours, unet_theirs, unet_off, True)):
         scale = mine.abs().max()
         # the same matrices and the same arithmetic: equal up to float32 rounding
         assert (mine - kohya).abs().max() <= 1e-5 * scale
-        # and the LoRA does act: far above that rounding
-        assert (mine - off).abs().max() >= 1e-3 * scale
+        # and the LoRA does act where it has layers: far above that rounding
+        if adapted:
+            assert (mine - off).abs().max() >= 1e-3 * scale
+        else:
+            torch.testing.assert_close(mine, off)
 
 
 def test_tiny_lora_in_kohya_layout_loads_in_diffusers_at_its_scale(tmp_path, load_tiny_pipe):
@@ -89,11 +93,12 @@ def test_micro_adapter_in_kohya_layout_matches_the_repo_loader(tmp_path):
 
     kohya_file = tmp_path / "fabric_lora_kohya.safetensors"
     layers = save_kohya_lora(read_lora(MICRO_LORA), kohya_file)
-    assert layers == {"unet": 56, "text_encoder": 8}
+    assert layers == {"unet": 84}  # 56 attention projections, conv1 and conv2 of 14 ResNets; no text encoder
     # a prompt without "sks": the identifier's trained embeddings, which no LoRA layout holds, do not act
     assert_same_as_repo_loader(lambda: load_pipeline(str(REPO / "models" / "micro"), torch.device("cpu"),
                                                      torch.float32),
-                               MICRO_LORA, kohya_file, "a dress made of african fabric pattern", 16)
+                               MICRO_LORA, kohya_file, "a dress made of african fabric pattern", 32,
+                               text_encoder_lora=False)
 
 
 def test_web_ui_embedding_loads_in_diffusers_with_the_trained_vector(tmp_path, load_tiny_pipe):
