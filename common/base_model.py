@@ -53,10 +53,9 @@ ADAPTER_FOLDERS = {
 
 # What "auto" means for the trainers' flags on each base. SD 1.5 keeps diffusers'
 # defaults. The micro model's tiny text encoder barely tells "sks" apart from other
-# words, so there the text encoder's attention and the identifier's own embeddings
-# train too, and a share of instance images trains with the empty prompt, which
-# classifier-free guidance then subtracts; its textual inversion trains on the noisy
-# end of the schedule, where colours are settled (docs/micro_model.md measures each).
+# words, so there the identifier's own embeddings train too; its textual inversion
+# trains on the noisy end of the schedule, where colours are settled
+# (docs/micro_model.md measures each).
 # The micro model was pretrained with offset noise (common/forward_diffusion.py says why), so its
 # DreamBooth keeps it; SD 1.5 was not. SD 1.5's LoRA is diffusers' (rank 4 on the attention
 # projections); micro's draws its subject's shape only with the ResNet convolutions adapted too, at

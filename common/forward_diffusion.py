@@ -26,6 +26,12 @@ import torch
 from common.device import copy_to_device
 
 
+def add_offset_noise(noise, strength, generator):
+    """`noise` plus `strength` times one constant per picture and channel, drawn from `generator`
+    (on the CPU, as `noise` is)."""
+    return noise + strength * torch.randn(noise.shape[:2] + (1, 1), generator=generator)
+
+
 def noisy_batch(noise_scheduler, latents, generator, min_timestep=0, offset_noise=0.0):
     """(noisy latents, timesteps, what the UNet should predict), all drawn from `generator`; timesteps
     uniform from min_timestep up to the schedule's last; `offset_noise` times a per-picture, per-channel
@@ -34,7 +40,7 @@ def noisy_batch(noise_scheduler, latents, generator, min_timestep=0, offset_nois
     timesteps = copy_to_device(torch.randint(min_timestep, noise_scheduler.config.num_train_timesteps,
                                              (latents.shape[0],), generator=generator), latents.device)
     if offset_noise:
-        noise = noise + offset_noise * torch.randn(latents.shape[:2] + (1, 1), generator=generator)
+        noise = add_offset_noise(noise, offset_noise, generator)
     noise = copy_to_device(noise, latents.device, latents.dtype)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":

@@ -139,7 +139,7 @@ def write_lora_card(adapter_dir, *, base_model, where, args, summary, kohya_name
                 "prior loss weight": args.prior_loss_weight if args.prior_preservation else None,
                 "text encoder LoRA": args.train_text_encoder, "identifier embeddings trained": args.train_identifier,
                 "empty-prompt share": args.proportion_empty_prompts,
-                "offset noise": getattr(args, "offset_noise", 0.0), "seed": args.seed}
+                "offset noise": args.offset_noise, "seed": args.seed}
     return write_model_card(
         adapter_dir, title=f"DreamBooth LoRA: {args.instance_prompt}", tags=["lora", "dreambooth", "diffusers"],
         base_model=base_model, instance_prompt=args.instance_prompt, trigger=args.identifier,

@@ -572,6 +572,8 @@ def diffusion_loss(unet, text_encoder, tokenizer, noise_scheduler, latents, devi
     hides that mean, so the prompt has to supply it."""
     from diffusers.training_utils import compute_snr
 
+    from common.forward_diffusion import add_offset_noise
+
     def loss_fn(rows_and_captions, update, generator):
         rows, captions = rows_and_captions
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
@@ -579,7 +581,7 @@ def diffusion_loss(unet, text_encoder, tokenizer, noise_scheduler, latents, devi
         clean = latents[rows].to(device)
         noise = torch.randn(clean.shape, generator=generator)
         if offset_noise:
-            noise = noise + offset_noise * torch.randn(clean.shape[:2] + (1, 1), generator=generator)
+            noise = add_offset_noise(noise, offset_noise, generator)
         noise = noise.to(device)
         timesteps = torch.randint(0, 1000, (len(clean),), generator=generator).to(device)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)

@@ -45,7 +45,10 @@ def flags(text_encoder, identifier_learning_rate=None, empty_prompts=0.0, target
     noise."""
     identifier = (["--train-identifier", "--identifier-learning-rate", str(identifier_learning_rate)]
                   if identifier_learning_rate else ["--no-train-identifier"])
+    # rank 4, alpha 32: exercise3b's micro default before 2026-12-04, which the older settings were measured at
+    # (a later --rank or --lora-alpha in `extra` wins)
     return ["--train-text-encoder" if text_encoder else "--no-train-text-encoder", *identifier,
+            "--rank", "4", "--lora-alpha", "32",
             "--proportion-empty-prompts", str(empty_prompts), "--offset-noise", str(offset_noise),
             "--lora-targets", *targets, *extra]
 

@@ -400,6 +400,10 @@ def test_every_lora_sweep_setting_is_a_valid_exercise3b_command_line():
         assert args.lora_targets == flags[flags.index("--lora-targets") + 1:][:len(args.lora_targets)], name
     assert {"conv_in", "conv_out", "conv_shortcut"} <= set(parse_args(SETTINGS["unet-all-layers"]).lora_targets)
     assert parse_args(SETTINGS["unet-all-layers-no-prior"]).prior_preservation is False
+    # settings spell out the LoRA's shape, so that a change of exercise3b's defaults does not change them
+    assert (parse_args(SETTINGS["te-attention"]).rank, parse_args(SETTINGS["te-attention"]).lora_alpha) == (4, 32)
+    assert parse_args(SETTINGS["identifier-5e-3-convs-rank16-offset"]).rank == 16
+    assert parse_args(SETTINGS["identifier-5e-3-convs-rank16-offset"]).offset_noise == 0.1
     assert len(set(ALL_LAYERS)) == len(ALL_LAYERS)
 
 
