@@ -245,7 +245,8 @@ def main(argv=None):
     images_by_role, captions_by_role = {"instance": instance_images}, {"instance": args.instance_prompt}
 
     def folder_of(prompt):
-        return class_image_folder(args.class_dir, where, prompt, args.resolution)
+        return class_image_folder(args.class_dir, where, prompt, args.resolution, steps=args.steps,
+                                  guidance=args.guidance)
 
     with accelerator.main_process_first(), clock.phase("class images"):
         if args.prior_preservation:

@@ -2,8 +2,9 @@
 
 DreamBooth's prior images must come from the *unmodified* model: they record
 what "a fabric pattern" meant before fine-tuning. Drawing 100 of them costs
-minutes, so they are cached in a folder keyed by base model, prompt and
-resolution, and only missing or damaged ones are drawn again. A local base
+minutes, so they are cached in a folder keyed by base model, prompt,
+resolution and the sampling settings that drew them (steps, guidance), and only
+missing or damaged ones are drawn again. A local base
 model also keys the cache by its weight files (size and time written), so a
 retrained model, such as a re-pretrained micro model, never reuses the old
 model's pictures as its prior.
@@ -26,9 +27,11 @@ def _weights_stamp(base_model):
     return "|".join(f"{path.relative_to(folder)}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
 
 
-def class_image_folder(root, base_model, prompt, resolution):
-    """The cache folder for (base model, prompt, resolution); `base_model` is a hub id or a local folder."""
-    key = hashlib.sha256(f"{base_model}|{_weights_stamp(base_model)}|{prompt}|{resolution}".encode()).hexdigest()[:12]
+def class_image_folder(root, base_model, prompt, resolution, *, steps, guidance):
+    """The cache folder for (base model, prompt, resolution, steps, guidance); `base_model` is a hub id or a
+    local folder. Pictures drawn with other steps are other pictures: a run never trains on them unasked."""
+    key = hashlib.sha256(f"{base_model}|{_weights_stamp(base_model)}|{prompt}|{resolution}|{steps}|{guidance:g}"
+                         .encode()).hexdigest()[:12]
     slug = "_".join("".join(c if c.isalnum() else " " for c in prompt.lower()).split())[:40]
     return Path(root) / f"{slug}_{resolution}px_{key}"
 

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.base_model import MICRO, SAMPLING_STEPS, SD15
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -114,7 +115,9 @@ def make_parser(description, *, seed=42, output_dir="outputs", batch_size=1, cud
                            help="the weights' number format; auto: fp16 on CUDA, fp32 elsewhere "
                                 "(bf16 also runs on a CPU, slowly)")
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps per image")
+    sampling.add_argument("--steps", type=auto_or(positive_int), default="auto",
+                          help=f"denoising steps per image; auto: {SAMPLING_STEPS[MICRO]} for micro, "
+                               f"{SAMPLING_STEPS[SD15]} for SD 1.5")
     sampling.add_argument("--guidance", type=non_negative_float, default=7.5,
                           help="classifier-free guidance scale")
     sampling.add_argument("--seed", type=int, default=seed,

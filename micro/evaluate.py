@@ -29,10 +29,13 @@ import json
 import numpy as np
 import torch
 
+from common.base_model import MICRO, SAMPLING_STEPS
 from common.paper_metrics import colour_similarity
 from micro import world
 from micro.judge import COLOUR_STYLES, JUDGE_FAMILIES, load_judge, to_batch
 from micro.rosettes import count_rosettes, shows_subject_pattern
+
+STEPS = SAMPLING_STEPS[MICRO]  # what the scripts draw with on micro, so the report measures what students see
 
 SUBJECT_CONTEXT_PROMPTS = {
     "swatch": "a {s}, vibrant colors, high quality fabric swatch",
@@ -51,7 +54,7 @@ def judged(judge, images):
     return embedding, {name: value for name, value in outputs.items()}
 
 
-def base_report(pipe, judge=None, count=112, seed=7, steps=30, guidance=7.5, batch_size=16):
+def base_report(pipe, judge=None, count=112, seed=7, steps=STEPS, guidance=7.5, batch_size=16):
     from common.generation import generate
 
     judge = judge or load_judge()
@@ -117,7 +120,7 @@ def judged_contexts(pipe, judge, reference, instance_images, subject, seeds, ste
     }
 
 
-def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=30, guidance=7.5, lora=True):
+def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=STEPS, guidance=7.5, lora=True):
     """Judge numbers for 'sks' prompts and the same prompts without 'sks', with the LoRA and without.
 
     The lesson holds when 'lora_with_sks' is far from 'base_with_sks' (the subject was
@@ -142,7 +145,7 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
     return runs
 
 
-def word_report(pipe, instance_images, word, judge=None, seeds=(0, 1, 2, 3), steps=30, guidance=7.5):
+def word_report(pipe, instance_images, word, judge=None, seeds=(0, 1, 2, 3), steps=STEPS, guidance=7.5):
     """The same numbers for a textual-inversion word: prompts with it, and the base model's answer to the
     same prompts without it (a learned word changes nothing else)."""
     judge = judge or load_judge()
@@ -156,7 +159,7 @@ DRIFT_PROMPTS = {"class prompt (prior)": "a fabric pattern", "class noun": "an a
                  "identifier": "a sks african fabric pattern"}
 
 
-def drift_by_guidance(pipe, instance_images, judge=None, guidances=(1.0, 7.5), seeds=range(12), steps=30,
+def drift_by_guidance(pipe, instance_images, judge=None, guidances=(1.0, 7.5), seeds=range(12), steps=STEPS,
                       prompts=DRIFT_PROMPTS):
     """How far the adapter moves each prompt's pictures toward the training images, per guidance scale.
 
@@ -204,7 +207,7 @@ def main(argv=None):
     parser.add_argument("--subject-only", action="store_true",
                         help="with --lora-dir: skip the base report (112 images of held-out combinations)")
     parser.add_argument("--output", default=None, help="also write the report to this JSON file")
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps per image")
+    parser.add_argument("--steps", type=int, default=STEPS, help="denoising steps per image (the scripts' default on micro)")
     args = parser.parse_args(argv)
     pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
     pipe.set_progress_bar_config(disable=True)

@@ -77,3 +77,26 @@ def test_textual_inversion_trains_on_the_noisy_end_on_micro_and_the_whole_schedu
     with pytest.raises(SystemExit):
         ti_trainer.parse_args(["--min-timestep", "-1"])
     assert "must be 0 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["exercise1_generate", "generate_dreambooth_morph", "exercise3b_train_lora"])
+def test_sampling_steps_follow_the_base_model_unless_asked(script, capsys):
+    import importlib
+
+    import torch
+
+    from common.base_model import SAMPLING_STEPS, resolve_base
+
+    module = importlib.import_module(script)
+
+    def steps(flags):
+        args = module.parse_args(flags)
+        resolve_base(args, torch.device("cpu"))
+        return args.steps
+
+    assert steps(["--base-model", MICRO]) == SAMPLING_STEPS[MICRO] < steps(["--base-model", SD15]) == 30
+    assert steps(["--base-model", "some-org/other-model"]) == 30  # any other base: SD 1.5's
+    assert steps(["--base-model", MICRO, "--steps", "30"]) == 30
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    assert f"auto: {SAMPLING_STEPS[MICRO]} for micro, 30 for SD 1.5" in " ".join(capsys.readouterr().out.split())

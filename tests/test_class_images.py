@@ -22,20 +22,26 @@ def test_damaged_class_images_are_drawn_again(tiny_pipeline_dir, tmp_path):
     assert (folder / "class_0002.png").stat().st_mtime_ns == stamps["class_0002.png"]  # untouched
 
 
-def test_class_image_cache_follows_the_base_models_weights(tiny_pipeline_dir, tmp_path):
+def test_class_image_cache_follows_the_base_models_weights_and_the_sampling(tiny_pipeline_dir, tmp_path):
     from common.class_images import class_image_folder
 
-    before = class_image_folder(tmp_path, str(tiny_pipeline_dir), "a fabric pattern", 32)
+    def folder(base=str(tiny_pipeline_dir), prompt="a fabric pattern", resolution=32, steps=15, guidance=7.5):
+        return class_image_folder(tmp_path, base, prompt, resolution, steps=steps, guidance=guidance)
+
+    before = folder()
     assert before.parent == tmp_path and before.name.startswith("a_fabric_pattern_32px_")
-    # another prompt or resolution of the same model is another cache
-    assert class_image_folder(tmp_path, str(tiny_pipeline_dir), "a dress", 32) != before
-    assert class_image_folder(tmp_path, str(tiny_pipeline_dir), "a fabric pattern", 64) != before
+    assert folder() == before
+    # another prompt, resolution, number of steps or guidance of the same model is another cache
+    assert folder(prompt="a dress") != before
+    assert folder(resolution=64) != before
+    assert folder(steps=30) != before
+    assert folder(guidance=3.0) != before
     weights = next(Path(tiny_pipeline_dir).glob("unet/*.safetensors"))
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # as a retrained model is rewritten
-    assert class_image_folder(tmp_path, str(tiny_pipeline_dir), "a fabric pattern", 32) != before
+    assert folder() != before
     # a hub id has no local files: its name alone keys the cache
-    assert class_image_folder(tmp_path, "org/model", "a", 32) != class_image_folder(tmp_path, "org/other", "a", 32)
+    assert folder(base="org/model") != folder(base="org/other")
 
 
 def test_class_images_are_shared_evenly_by_the_class_prompts(tiny_pipeline_dir, tmp_path):
@@ -45,7 +51,7 @@ def test_class_images_are_shared_evenly_by_the_class_prompts(tiny_pipeline_dir, 
     assert shares(100, 3) == [34, 33, 33] and shares(4, 4) == [1, 1, 1, 1]
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
     images, captions = class_images_for_prompts(
-        pipe, lambda prompt: class_image_folder(tmp_path, str(tiny_pipeline_dir), prompt, 32),
+        pipe, lambda prompt: class_image_folder(tmp_path, str(tiny_pipeline_dir), prompt, 32, steps=2, guidance=7.5),
         ["a fabric pattern", "a dress"], 3, 32, steps=2, guidance=7.5)
     assert len(images) == 3 and captions == ["a fabric pattern", "a fabric pattern", "a dress"]
     assert len(list(tmp_path.glob("a_dress_32px_*/class_*.png"))) == 1

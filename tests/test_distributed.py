@@ -86,7 +86,8 @@ def gradients_per_rank(args, tiny_pipeline_dir, instance_dir, ranks):
     pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cpu"), torch.float32)
     images = load_training_images(instance_dir, args.resolution)
     (class_prompt,) = args.class_prompt
-    folder = class_image_folder(args.class_dir, str(tiny_pipeline_dir), class_prompt, args.resolution)
+    folder = class_image_folder(args.class_dir, str(tiny_pipeline_dir), class_prompt, args.resolution,
+                                steps=args.steps, guidance=args.guidance)
     classes = ensure_class_images(pipe, folder, class_prompt, args.num_class_images, args.resolution,
                                   steps=args.steps, guidance=args.guidance)  # drawn by the run: read back
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
