@@ -245,8 +245,8 @@ def measure(args, device, dtype, where):
 def main(argv=None):
     args = parse_args(argv)
     device, dtype = pick_device(args.device, args.precision, args.threads)
-    resolve_batch_size(args, device)
     base, where = resolve_base(args, device, role="trained_lora")
+    resolve_batch_size(args, device)  # after the resolution: small images go in larger batches
     check_writable(args.output_dir, "--output-dir")
     if args.measure:
         args.base_model = base

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from common.cli import SMALL_IMAGE
 from common.generation import generate
 from common.saving import save_image
 
@@ -45,15 +46,17 @@ def _usable(path, resolution):
         return False
 
 
-# Images drawn together: 16 on a GPU, which larger batches keep busy (as the morph's), 4 elsewhere.
-BATCH_SIZE = {"cuda": 16, "other": 4}
+# Images drawn together: 16 on a GPU, which larger batches keep busy (as the morph's), and for small
+# images anywhere (common/cli.py says why); 4 for large images elsewhere.
+BATCH_SIZE = {"cuda": 16, "small": 16, "other": 4}
 
 
 def ensure_class_images(pipe, folder, prompt, count, resolution, *, steps, guidance, batch_size=None, seed=0):
     """`count` class images in `folder`, drawing only the missing or unusable ones; returns them as PIL images.
     Each image depends on its seed only, not on its batch (common/generation.py)."""
     folder = Path(folder)
-    batch_size = batch_size or BATCH_SIZE["cuda" if pipe.device.type == "cuda" else "other"]
+    batch_size = batch_size or BATCH_SIZE["cuda" if pipe.device.type == "cuda" else
+                                          "small" if resolution <= SMALL_IMAGE else "other"]
     paths = [folder / f"class_{index:04d}.png" for index in range(count)]
     missing = [index for index, path in enumerate(paths) if not _usable(path, resolution)]
     if missing:

@@ -36,6 +36,7 @@ def load_pipeline(base_model, device, dtype):
     so nothing is downloaded twice) or a folder written by `save_pretrained`.
     """
     quiet_libraries()
+    import torch
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     from common.base_model import check_base_folder, looks_local
@@ -72,6 +73,11 @@ def load_pipeline(base_model, device, dtype):
         # CPU: there memory is not short, and batched decoding keeps earlier results bit for bit.)
         pipe.vae.enable_slicing()
     pipe = pipe.to(device)
+    if torch.device(device).type == "cpu":
+        # On a CPU, oneDNN's convolutions run faster on channels-last tensors (NHWC), in drawing and in
+        # training alike (docs/performance.md, Channels last); the models stay the same models.
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     return pipe
 
@@ -104,8 +110,8 @@ def load_personalized_pipeline(args):
     from common.saving import check_writable
 
     device, dtype = pick_device(args.device, args.precision, args.threads)
-    resolve_batch_size(args, device)
     base, where = resolve_base(args, device)
+    resolve_batch_size(args, device)  # after the resolution: small images go in larger batches
     # Adapter files are small: read and check them before spending a minute on the base model.
     lora_dir = None if str(args.lora_dir).lower() in ("", "none") else args.lora_dir
     lora = read_lora(lora_dir) if lora_dir is not None else None

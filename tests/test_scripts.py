@@ -98,16 +98,17 @@ def test_every_generation_script_runs_in_half_precision(script, tiny_pipeline_di
     assert pictures and all(Image.open(path).convert("RGB").getextrema() != ((0, 0),) * 3 for path in pictures)
 
 
-def test_batch_size_auto_is_larger_on_cuda_and_a_number_stays_as_given():
+def test_batch_size_auto_is_larger_on_cuda_and_for_small_images_and_a_number_stays_as_given():
     import torch
 
     from common.cli import resolve_batch_size
 
     for module, cpu, cuda in ((exercise1_generate, 1, 9), (generate_dreambooth_morph, 8, 16)):
-        for device, expected in (("cpu", cpu), ("cuda", cuda)):
-            args = module.parse_args([])
+        for device, resolution, expected in (("cpu", 512, cpu), ("cuda", 512, cuda), ("cpu", 64, cuda),
+                                             ("cuda", 64, cuda)):
+            args = module.parse_args(["--resolution", str(resolution)])
             assert args.batch_size == "auto" and resolve_batch_size(args, torch.device(device)) == expected
-        args = module.parse_args(["--batch-size", "3"])
+        args = module.parse_args(["--batch-size", "3", "--resolution", "64"])
         assert resolve_batch_size(args, torch.device("cuda")) == 3
 
 
