@@ -40,6 +40,10 @@ def add_lora(models, *, rank, alpha, seed):
         configs[role] = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
         model.add_adapter(configs[role])
         cast_training_params(model, dtype=torch.float32)
+        # The new layers come in torch's default memory layout, while common/pipeline.py loads the UNet in
+        # channels-last memory on a CPU (it draws faster): the adapted model trains in one layout, the
+        # default one, whose speed bench/bench_cpu_layout.py measures beside channels-last.
+        model.to(memory_format=torch.contiguous_format)
         prefix = "" if role == "unet" else role + "."
         trainable.update({prefix + name: p for name, p in model.named_parameters() if p.requires_grad})
     return configs, trainable
