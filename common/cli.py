@@ -89,8 +89,8 @@ def image_size(text):
 
 
 # Images of this size and below are drawn in the script's larger (CUDA) batches on any device: micro's
-# 64 px pictures take little memory, and on a CPU a batch of 16 draws each in about three quarters of
-# the time a batch of 4 takes (docs/performance.md, Channels last and batches).
+# 64 px pictures take little memory, and on a CPU larger batches draw each picture faster
+# (docs/performance.md, "Channels last, batches and the optimizer on a CPU").
 SMALL_IMAGE = 128
 
 

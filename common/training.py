@@ -135,6 +135,6 @@ def average_gradients_across_processes(accelerator, parameters):
 def adamw(parameter_groups, device, **options):
     """AdamW's fused kernel on CUDA and on the CPU: it updates all weights in one launch (on CUDA, under
     fp16, it also lets the gradient scaler skip an overflowed step without waiting for the GPU). On a CPU
-    torch's default is a Python loop of a dozen small operations per tensor, which for the micro
-    LoRA's 168 small tensors costs about three times the fused kernel (docs/performance.md)."""
+    torch's default is a Python loop of small operations per tensor, slow for a LoRA's many small
+    tensors (bench/bench_adamw.py; docs/performance.md)."""
     return torch.optim.AdamW(parameter_groups, fused=device.type in ("cuda", "cpu"), **options)
