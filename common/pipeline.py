@@ -74,8 +74,9 @@ def load_pipeline(base_model, device, dtype):
         pipe.vae.enable_slicing()
     pipe = pipe.to(device)
     if torch.device(device).type == "cpu":
-        # On a CPU, oneDNN's convolutions run faster on channels-last tensors (NHWC), in drawing and in
-        # training alike (docs/performance.md, Channels last); the models stay the same models.
+        # On a CPU, oneDNN's convolutions draw faster on channels-last tensors (NHWC); the models stay the
+        # same models (docs/performance.md, "Channels last, batches and the optimizer on a CPU"; training
+        # does not gain, and common/lora_training.add_lora trains in the default layout).
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
