@@ -495,6 +495,11 @@ def stage_vae(folder):
                       Path(folder))[0]
 
 
+# Fresh world pictures that centred_vae and latent_scaling_factor measure the latents on: enough for a
+# mean and a std per channel to settle (the tests measure on fewer, to save time).
+LATENT_STATISTICS_IMAGES = 256
+
+
 def centred_vae(vae, seed, device):
     """`vae` with its latents' mean over fresh world images (per channel) folded into its biases: the
     encoder's quant_conv subtracts it and the decoder's post_quant_conv adds it back, so every round trip
@@ -506,7 +511,7 @@ def centred_vae(vae, seed, device):
     picture with a colour cast (docs/micro_model.md). Stable Diffusion's pipeline has no shift of its
     own (SD 3's shift_factor is not read by StableDiffusionPipeline), so the shift lives in the weights."""
     with torch.no_grad():
-        pixels, _ = world_batch("vae", 10 ** 6, 256, seed)
+        pixels, _ = world_batch("vae", 10 ** 6, LATENT_STATISTICS_IMAGES, seed)
         mean = vae.encode(to_tensor(pixels).to(device)).latent_dist.mean.mean((0, 2, 3))
         channels = mean.numel()
         vae.quant_conv.bias[:channels] -= mean  # the first half of its output is the posterior's mean
@@ -517,7 +522,7 @@ def centred_vae(vae, seed, device):
 def latent_scaling_factor(vae, seed, device):
     """1 / std of the VAE's latents over fresh images, as SD's 0.18215 was chosen."""
     with torch.no_grad():
-        pixels, _ = world_batch("vae", 10 ** 6, 256, seed)
+        pixels, _ = world_batch("vae", 10 ** 6, LATENT_STATISTICS_IMAGES, seed)
         return float(1.0 / vae.encode(to_tensor(pixels).to(device)).latent_dist.mean.std())
 
 
