@@ -14,7 +14,8 @@ whole schedule, the one word does best on the loss by drawing the subject's
 layout as dark shapes on cream; trained on the noisiest 30% of the schedule,
 where a picture's colours and big shapes are settled, it learns the subject's
 orange and cream instead (on micro; docs/micro_model.md has the numbers).
-SD 1.5 keeps diffusers' whole schedule (`--min-timestep`).
+SD 1.5 keeps diffusers' whole schedule (`--min-timestep`), and its length:
+3,000 updates at 5e-4; micro learns the same word in 1,500 at 1e-3.
 
 Only the new token's vector may change. Instead of training the whole
 embedding matrix and restoring the other 49,408 rows after every step (as
@@ -42,7 +43,7 @@ Run it
 import torch
 
 from common import prompts
-from common.base_model import auto_help
+from common.base_model import TEXTUAL_INVERSION_DEFAULTS, auto_help
 from common.cli import add_training_flags, auto_or, make_parser, non_negative_int
 from common.errors import UserError, run_script
 from common.forward_diffusion import noisy_batch
@@ -52,7 +53,9 @@ from common.forward_diffusion import noisy_batch
 # ---------------------------------------------------------------------------
 PLACEHOLDER_TOKEN = prompts.PLACEHOLDER_TOKEN  # "<african-fabric>"
 INITIALIZER_TOKEN = "pattern"
-MAX_TRAIN_STEPS, LEARNING_RATE = 3000, 5e-4
+# Updates and learning rate: "auto", per base (common/base_model.TEXTUAL_INVERSION_DEFAULTS): diffusers'
+# 3,000 at 5e-4 on SD 1.5, 1,500 at 1e-3 on micro.
+MAX_TRAIN_STEPS = LEARNING_RATE = "auto"
 # Style captions ("a textile in the style of {}"): the token names a look, not an object in the scene.
 STYLE_TEMPLATES = prompts.TI_STYLE_TEMPLATES
 EVALUATION_PAIRS = 4  # fixed (noise, timestep) pairs per image for the evaluation loss
@@ -66,7 +69,8 @@ def parse_args(argv=None):
     data, _ = add_training_flags(parser, max_train_steps=MAX_TRAIN_STEPS, learning_rate=LEARNING_RATE,
                                  checkpoint_every=500, progress_every=500, weights=f"the embedding ({EMBEDDING_FILE})",
                                  adapter_dir_help="auto: models/micro_trained/fabric_textual_inversion on micro, "
-                                                  "models/fabric_textual_inversion on SD 1.5")
+                                                  "models/fabric_textual_inversion on SD 1.5",
+                                 auto_means=lambda flag: auto_help(flag, TEXTUAL_INVERSION_DEFAULTS))
     data.add_argument("--placeholder-token", default=PLACEHOLDER_TOKEN, help="the new word to learn")
     data.add_argument("--initializer-token", default=INITIALIZER_TOKEN,
                       help="an existing word whose embedding is the starting point")
@@ -125,6 +129,7 @@ def main(argv=None):
     device, _ = pick_device(args.device, threads=args.threads)
     args.base_model, where = resolve_base(args, device, role="trained_ti")
     resolve_training_defaults(args)  # what each "auto" flag means for this base
+    resolve_training_defaults(args, TEXTUAL_INVERSION_DEFAULTS)
     images = load_training_images(args.instance_dir, args.resolution, alpha_background=args.alpha_background)
     settings = fingerprint(args, RESUME_SETTINGS, num_instance_images=len(images))
     # the web UIs' copy of the word is named after it; a token that makes no file name stops here

@@ -169,9 +169,11 @@ def add_adapter_flags(model):
 
 
 def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_every, progress_every, weights,
-                       adapter_dir_help):
+                       adapter_dir_help, auto_means=None):
     """The flags both trainers share, in --help's data, training and output groups; returns the data and
     training groups for the trainer's own flags. `weights` names what the run writes, for the help texts.
+    `max_train_steps` and `learning_rate` may be "auto" (resolved per base later); `auto_means(flag)` then
+    says in --help what auto is.
     """
     data = parser.add_argument_group("data")
     data.add_argument("--instance-dir", type=Path, default=Path("training_images"), help="your subject's images")
@@ -181,8 +183,11 @@ def add_training_flags(parser, *, max_train_steps, learning_rate, checkpoint_eve
     data.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                       help="mirror each drawn image at random (half of the time)")
     train = parser.add_argument_group("training")
-    train.add_argument("--max-train-steps", type=positive_int, default=max_train_steps, help="optimizer updates")
-    train.add_argument("--learning-rate", type=positive_float, default=learning_rate, help="AdamW learning rate")
+    for flag, convert, default, what in (("max_train_steps", positive_int, max_train_steps, "optimizer updates"),
+                                         ("learning_rate", positive_float, learning_rate, "AdamW learning rate")):
+        auto = default == "auto"
+        train.add_argument("--" + flag.replace("_", "-"), type=auto_or(convert) if auto else convert, default=default,
+                           help=f"{what}; {auto_means(flag)}" if auto else what)
     train.add_argument("--train-batch-size", type=positive_int, default=1, help="instance images per update")
     train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                        help="auto: fp16 on CUDA, none on CPU (bf16 and fp16 also run on a CPU, slowly; the "

@@ -107,6 +107,9 @@ SETTINGS = {
     "identifier-5e-3-te-convs-rank16-offset-600": flags(
         True, 5e-3, empty_prompts=0.05, targets=CONVOLUTIONS, offset_noise=0.1,
         extra=["--rank", "16", "--lora-alpha", "128", "--max-train-steps", "600"]),
+    # the micro default (above, offset) with 5% empty prompts, which took v1's drift away
+    "identifier-5e-3-convs-rank16-offset-empty-0.05": flags(False, 5e-3, empty_prompts=0.05, targets=CONVOLUTIONS,
+                                                            offset_noise=0.1, extra=["--rank", "16", "--lora-alpha", "128"]),
 }
 
 

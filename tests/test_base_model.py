@@ -79,6 +79,28 @@ def test_textual_inversion_trains_on_the_noisy_end_on_micro_and_the_whole_schedu
     assert "must be 0 or more" in capsys.readouterr().err
 
 
+def test_textual_inversion_length_follows_the_base_model_unless_asked(capsys):
+    import exercise3a_train_textual_inversion as ti_trainer
+    from common.base_model import TEXTUAL_INVERSION_DEFAULTS
+
+    def ti_resolved(flags, base):
+        args = ti_trainer.parse_args(flags)
+        args.base_model = base
+        return resolve_training_defaults(args, TEXTUAL_INVERSION_DEFAULTS)
+
+    micro, sd15 = ti_resolved([], MICRO), ti_resolved([], SD15)
+    assert (sd15.max_train_steps, sd15.learning_rate) == (3000, 5e-4)  # diffusers' textual inversion example
+    assert micro.max_train_steps < sd15.max_train_steps and micro.learning_rate > sd15.learning_rate
+    asked = ti_resolved(["--max-train-steps", "200", "--learning-rate", "2e-3"], MICRO)
+    assert (asked.max_train_steps, asked.learning_rate) == (200, 2e-3)
+    with pytest.raises(SystemExit):
+        ti_trainer.parse_args(["--help"])
+    assert "optimizer updates; auto: 1500 for micro, 3000 for SD 1.5" in " ".join(capsys.readouterr().out.split())
+    # exercise3b's flags of the same names keep the course's fixed values
+    lora = trainer.parse_args([])
+    assert (lora.max_train_steps, lora.learning_rate) == (800, 1e-4)
+
+
 @pytest.mark.parametrize("script", ["exercise1_generate", "generate_dreambooth_morph", "exercise3b_train_lora"])
 def test_sampling_steps_follow_the_base_model_unless_asked(script, capsys):
     import importlib
