@@ -36,6 +36,7 @@ from micro.judge import COLOUR_STYLES, JUDGE_FAMILIES, load_judge, to_batch
 from micro.rosettes import count_rosettes, shows_subject_pattern
 
 STEPS = SAMPLING_STEPS[MICRO]  # what the scripts draw with on micro, so the report measures what students see
+SUBJECT_SEEDS = (0, 1, 2, 3)  # pictures per context in the subject and word reports
 
 SUBJECT_CONTEXT_PROMPTS = {
     "swatch": "a {s}, vibrant colors, high quality fabric swatch",
@@ -120,7 +121,7 @@ def judged_contexts(pipe, judge, reference, instance_images, subject, seeds, ste
     }
 
 
-def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=STEPS, guidance=7.5, lora=True):
+def subject_report(pipe, instance_images, judge=None, seeds=SUBJECT_SEEDS, steps=STEPS, guidance=7.5, lora=True):
     """Judge numbers for 'sks' prompts and the same prompts without 'sks', with the LoRA and without.
 
     The lesson holds when 'lora_with_sks' is far from 'base_with_sks' (the subject was
@@ -145,7 +146,7 @@ def subject_report(pipe, instance_images, judge=None, seeds=(0, 1, 2, 3), steps=
     return runs
 
 
-def word_report(pipe, instance_images, word, judge=None, seeds=(0, 1, 2, 3), steps=STEPS, guidance=7.5):
+def word_report(pipe, instance_images, word, judge=None, seeds=SUBJECT_SEEDS, steps=STEPS, guidance=7.5):
     """The same numbers for a textual-inversion word: prompts with it, and the base model's answer to the
     same prompts without it (a learned word changes nothing else)."""
     judge = judge or load_judge()
@@ -208,6 +209,8 @@ def main(argv=None):
                         help="with --lora-dir: skip the base report (112 images of held-out combinations)")
     parser.add_argument("--output", default=None, help="also write the report to this JSON file")
     parser.add_argument("--steps", type=int, default=STEPS, help="denoising steps per image (the scripts' default on micro)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SUBJECT_SEEDS),
+                        help="seeds per context in the subject and word reports (fewer: a quicker, noisier look)")
     args = parser.parse_args(argv)
     pipe = load_pipeline(str(MICRO_FOLDER), torch.device("cpu"), torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -218,11 +221,11 @@ def main(argv=None):
 
         word = load_textual_inversion(pipe, args.ti_file).token
         report["textual_inversion"] = word_report(pipe, load_training_images(REPO / "training_images", 64), word,
-                                                  steps=args.steps)
+                                                  seeds=args.seeds, steps=args.steps)
     if args.lora_dir:
         load_lora(pipe, args.lora_dir, adapter_name="default")
         instance_images = load_training_images(REPO / "training_images", 64)
-        report["subject"] = subject_report(pipe, instance_images, steps=args.steps)
+        report["subject"] = subject_report(pipe, instance_images, seeds=args.seeds, steps=args.steps)
         if args.guidance_study:
             report["drift_by_guidance"] = drift_by_guidance(pipe, instance_images, steps=args.steps)
     print(json.dumps(report, indent=2))
