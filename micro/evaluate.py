@@ -33,7 +33,7 @@ from common.base_model import MICRO, SAMPLING_STEPS
 from common.paper_metrics import colour_similarity
 from micro import world
 from micro.judge import COLOUR_STYLES, JUDGE_FAMILIES, load_judge, to_batch
-from micro.rosettes import count_rosettes, shows_subject_pattern
+from micro.rosettes import MIN_ROSETTES, count_rosettes
 
 STEPS = SAMPLING_STEPS[MICRO]  # what the scripts draw with on micro, so the report measures what students see
 SUBJECT_SEEDS = (0, 1, 2, 3)  # pictures per context in the subject and word reports
@@ -105,13 +105,14 @@ def judged_contexts(pipe, judge, reference, instance_images, subject, seeds, ste
                       batch_size=len(seeds) * 2, desc=f"judge: {desc}")
     similarity, outputs = similarities(judge, images, reference)
     truth = torch.tensor([world.CONTEXTS.index(c) for c in contexts for _ in seeds])
+    rosettes = np.array(count_rosettes(images))  # counted once: both numbers below read it
     return {
         "similarity_to_training_images": round(similarity.mean().item(), 3),
         "judged_as_subject_family": round((outputs["family"].argmax(1) == JUDGE_FAMILIES.index("stars"))
                                           .float().mean().item(), 3),
         # judge-free: pictures with at least two of the subject's rosettes (micro/rosettes.py)
-        "subject_pattern": round(float(np.mean(shows_subject_pattern(images))), 3),
-        "rosettes_per_picture": round(float(np.mean(count_rosettes(images))), 2),
+        "subject_pattern": round(float(np.mean(rosettes >= MIN_ROSETTES)), 3),  # as shows_subject_pattern
+        "rosettes_per_picture": round(float(rosettes.mean()), 2),
         "context_accuracy": round((outputs["context"].argmax(1) == truth).float().mean().item(), 3),
         "colour_similarity": round(colour_similarity(images, instance_images), 3),
         # the leak past the identifier differs by context (a swatch is not a vase), so each is shown
