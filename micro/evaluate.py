@@ -19,6 +19,7 @@
     python -m micro.evaluate                                           # base report
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora   # and the subject report
     python -m micro.evaluate --lora-dir models/micro_trained/fabric_lora --subject-only   # after exercise3b
+    python -m micro.evaluate --lora-dir models/micro_trained/fabric_lora --subject-only --seeds 0   # a quicker look
     python -m micro.evaluate --lora-dir models/micro_release/fabric_lora --guidance-study
     python -m micro.evaluate --ti-file models/micro_trained/fabric_textual_inversion/learned_embeds.safetensors \
         --subject-only                                                 # after exercise3a
