@@ -6,9 +6,6 @@ repo's own loader: the same layers, the same scale, the same outputs; and output
 that differ from the base's, so that a file that loads as a silent no-op fails.
 """
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from common.adapters import injected_lora_layers, load_lora, read_lora
 from common.errors import UserError
 from common.web_ui_files import EMBEDDING_KEY, save_kohya_lora, save_web_ui_embedding
-from tests.helpers import REPO
+from tests.helpers import REPO, run_main
 
 MICRO_LORA = REPO / "models" / "micro_release" / "fabric_lora"
 
@@ -112,8 +109,18 @@ def test_web_ui_embedding_loads_in_diffusers_with_the_trained_vector(tmp_path, l
 
 
 def run_export(*args):
-    return subprocess.run([sys.executable, str(REPO / "export_adapter.py"), *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO)
+    """export_adapter.py as its command line runs it (through run_script), in this process: a fresh
+    interpreter per call would spend seconds importing torch; returns the exit code and what it printed."""
+    import contextlib
+    import io
+    import types
+
+    import export_adapter
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_main(export_adapter, args)
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_export_refuses_layers_it_cannot_place_and_writes_nothing(tmp_path, tiny_lora_dir):
