@@ -30,6 +30,8 @@ Measured experiments, run by name only (docs/micro_model.md says what each gave)
    unet16     v1's UNet with cross-attention at 16x16 too, warm-started from v1
    vae2 with --vae2-levels 3 (16x16 latents) and --vae2-latent-channels 16
    unet2 with --offset-noise or --schedule-shift
+   unet2-attention16  unet2-more's model with cross-attention added at its 16x16 level
+              (warm-started: it starts drawing as before), trained further
 
 v2's UNet can also start from a v1 model folder's text encoder instead of this run's v1 stages
 (v1 is models/micro at commit 162ddd3: `git worktree add ../micro_v1 162ddd3`):
@@ -64,7 +66,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "models" / "micro_pretraining"
 OUT = REPO / "models" / "micro"
 STAGE_SEEDS = {"vae": 1, "latents": 2, "unet": 3, "decoder": 4, "shapes": 5, "shape-latents": 6, "unet16": 7,
-               "vae2": 8, "unet2": 9, "unet2-more": 10}
+               "vae2": 8, "unet2": 9, "unet2-more": 10, "unet2-attention16": 11}
 # v2 (the "unet16" stage): cross-attention at 16x16 too, where a rosette is a few latent pixels
 # wide rather than one. Only cross-attention there: the prompt reaches the level, while
 # self-attention over its 256 positions stays out (the cost measured for v1). Two cross-attention
@@ -634,10 +636,25 @@ def shape_caption(spec, rng):
     return world.caption(spec, rng, phrase=phrase)
 
 
+def with_new_attention(old_unet, unet):
+    """`unet` (a layout with more attention blocks than `old_unet`'s) holding `old_unet`'s weights: every
+    layer the two share is copied, and each new attention block's output projection starts at zero, so
+    that the new model starts drawing exactly as the old one and training only adds what the prompt,
+    now reaching one more level, brings."""
+    missing, unexpected = unet.load_state_dict(old_unet.state_dict(), strict=False)
+    new_blocks = sorted({key.split(".attentions.")[0] + ".attentions." for key in missing})
+    if unexpected or not missing or any(".attentions." not in key for key in missing):
+        raise RuntimeError(f"the two UNets differ beyond new attention blocks: {unexpected or missing}")
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.startswith(tuple(new_blocks)) and name.endswith("proj_out"):
+                module.weight.zero_()
+                module.bias.zero_()
+    return unet
+
+
 def warm_started_unet16(args, tokenizer, device):
-    """The v2 UNet (UNET16_BLOCKS) and text encoder, from the v1 weights: every layer the two share is
-    copied, and each new attention's output projection starts at zero, so that the new model starts
-    drawing exactly as v1 did and training only adds what the 16x16 prompt brings."""
+    """The v2 UNet (UNET16_BLOCKS) and text encoder, from the v1 weights (`with_new_attention`)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -648,16 +665,7 @@ def warm_started_unet16(args, tokenizer, device):
         old_unet, text_encoder = load_final([make_unet(args.unet_channels, args.text_width),
                                              make_text_encoder(tokenizer, args.text_width, args.text_layers)],
                                             args.work_dir / "unet")
-    unet = make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS)
-    missing, unexpected = unet.load_state_dict(old_unet.state_dict(), strict=False)
-    new_blocks = ("down_blocks.0.attentions.", "up_blocks.2.attentions.")
-    if unexpected or any(not key.startswith(new_blocks) for key in missing):
-        raise RuntimeError(f"v1 and v2 UNets differ beyond the 16x16 attention: {unexpected or missing}")
-    with torch.no_grad():
-        for name, module in unet.named_modules():
-            if name.startswith(new_blocks) and name.endswith("proj_out"):
-                module.weight.zero_()
-                module.bias.zero_()
+    unet = with_new_attention(old_unet, make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS))
     return unet.to(device), text_encoder.to(device)
 
 
@@ -681,16 +689,19 @@ def v2_vae(args):
             args.work_dir / "vae2" / "final.safetensors")
 
 
-def v2_unet(args, vae):
+def v2_unet(args, vae, cross_attention_16=None):
     """A fresh UNet for `vae`'s latents (their channels and size): unet16's layout for 16x16 latents; for
-    32x32 a level outside v1's, with cross-attention at 16x16 only with --unet2-cross-attention-16."""
+    32x32 a level outside v1's, with cross-attention at 16x16 only with `cross_attention_16` (by default
+    --unet2-cross-attention-16)."""
+    if cross_attention_16 is None:
+        cross_attention_16 = args.unet2_cross_attention_16
     latent_size = VAE_CONFIG["sample_size"] // 2 ** (len(vae.config.block_out_channels) - 1)
     if latent_size == 16:
         return make_unet(args.unet_channels, args.text_width, UNET16_BLOCKS, vae.config.latent_channels)
     # convolutions only at 32x32 and 16x16 unless asked: the cheaper layout (bench/bench_latent_size.py),
     # since the exercise scripts on micro must keep within their CPU budgets (docs/performance.md)
     return make_unet([args.unet_channels[0] // 2] + list(args.unet_channels), args.text_width,
-                     UNET32_BLOCKS if args.unet2_cross_attention_16 else UNET32_CONV_BLOCKS,
+                     UNET32_BLOCKS if cross_attention_16 else UNET32_CONV_BLOCKS,
                      vae.config.latent_channels, latent_size)
 
 
@@ -724,18 +735,46 @@ def train_unet2_more(tokenizer, args, device):
                           "unet2", start_from=args.work_dir / "unet2", offset_noise=args.unet2_more_offset_noise)
 
 
-def train_on_vae2_latents(stage, tokenizer, args, device, steps, lr, origin, start_from=None, offset_noise=0.0):
-    """v2's UNet and text encoder (as `v2_unet` and `starting_text_encoder` make them, or the final
-    weights in `start_from`) trained on the world and shapes as vae2's VAE encodes them."""
+def train_unet2_attention16(tokenizer, args, device):
+    """unet2-more's model (--from-model's where given, else this run's) with cross-attention added at its
+    16x16 level (`with_new_attention`: it starts drawing as before), trained further at unet2-more's
+    learning rate and offset noise. The lever this measures: the prompt reaching the level where a
+    rosette is three latent pixels wide, without pretraining from scratch."""
+    from diffusers import UNet2DConditionModel
+
+    def warm_start(vae):
+        if args.from_model:
+            old_unet = UNet2DConditionModel.from_pretrained(args.from_model / "unet")
+            text_encoder = starting_text_encoder(args, tokenizer)
+        else:
+            old_unet, text_encoder = load_final([v2_unet(args, vae, False), starting_text_encoder(args, tokenizer)],
+                                                args.work_dir / "unet2-more")
+        return with_new_attention(old_unet, v2_unet(args, vae, True)), text_encoder
+
+    train_on_vae2_latents("unet2-attention16", tokenizer, args, device, args.unet2_attention16_steps,
+                          args.unet2_more_lr, str(args.from_model or "unet2-more"), warm_start=warm_start,
+                          offset_noise=args.unet2_more_offset_noise, cross_attention_16=True)
+
+
+def train_on_vae2_latents(stage, tokenizer, args, device, steps, lr, origin, start_from=None, offset_noise=0.0,
+                          warm_start=None, cross_attention_16=None):
+    """v2's UNet and text encoder (as `v2_unet` and `starting_text_encoder` make them, the final weights in
+    `start_from`, or what `warm_start(vae)` returns) trained on the world and shapes as vae2's VAE encodes
+    them."""
     vae, weights = v2_vae(args)
     vae = vae.to(device).requires_grad_(False)
-    unet, text_encoder = v2_unet(args, vae), starting_text_encoder(args, tokenizer)
+    if warm_start:
+        unet, text_encoder = warm_start(vae)
+    else:
+        unet, text_encoder = v2_unet(args, vae), starting_text_encoder(args, tokenizer)
     if start_from:
         unet, text_encoder = load_final([unet, text_encoder], start_from)
+    if cross_attention_16 is None:
+        cross_attention_16 = args.unet2_cross_attention_16
     train_on_world_and_shapes(stage, unet.to(device), text_encoder.to(device), vae, tokenizer, args, device,
                               steps, lr, args.unet16_latent_images, ("latents-vae2", "shape-latents-vae2"),
                               {"latent_channels": vae.config.latent_channels, "latent_size": unet.config.sample_size,
-                               "cross_attention_16": args.unet2_cross_attention_16, "from": origin,
+                               "cross_attention_16": cross_attention_16, "from": origin,
                                "schedule_shift": args.schedule_shift},
                               vae_source=hashlib.sha256(weights.read_bytes()).hexdigest() + " centred",
                               schedule=noise_schedule(args.schedule_shift), offset_noise=offset_noise)
@@ -804,15 +843,19 @@ def assemble(args, tokenizer, device):
     # unet2 with vae2's VAE where it ran; else the newest decoder that ran (every v1 and shapes stage
     # keeps the vae stage's encoder), and unet16 where it ran
     done = lambda stage: (args.work_dir / stage / "final.safetensors").is_file()
-    if done("unet2") or done("unet2-more"):
+    v2 = done("unet2") or done("unet2-more") or done("unet2-attention16")
+    if v2:
         vae = v2_vae(args)[0]
     elif done("shapes"):
         vae = stage_vae(args.work_dir / "shapes")
     else:
         vae = previous_vae(args)
     vae = vae.to(device)
-    schedule = noise_schedule(args.schedule_shift) if done("unet2") or done("unet2-more") else SCHEDULE
-    if done("unet2") or done("unet2-more"):  # unet2-more continues unet2 where it ran
+    schedule = noise_schedule(args.schedule_shift) if v2 else SCHEDULE
+    if done("unet2-attention16"):
+        unet, text_encoder = load_final([v2_unet(args, vae, True), starting_text_encoder(args, tokenizer)],
+                                        args.work_dir / "unet2-attention16")
+    elif v2:  # unet2-more continues unet2 where it ran
         unet, text_encoder = load_final([v2_unet(args, vae), starting_text_encoder(args, tokenizer)],
                                         args.work_dir / ("unet2-more" if done("unet2-more") else "unet2"))
     elif done("unet16"):
@@ -847,7 +890,8 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "decoder", "unet", "vae2", "unet2",
-                                            "unet2-more", "shapes", "unet16", "assemble"], default="all")
+                                            "unet2-more", "unet2-attention16", "shapes", "unet16", "assemble"],
+                        default="all")
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder-only fine-tuning; 0 skips it")
@@ -863,6 +907,9 @@ def build_parser():
     parser.add_argument("--unet2-more-offset-noise", type=non_negative_float, default=0.1,
                         help="unet2-more: this times a per-picture, per-channel constant added to the noise, so "
                              "that a picture's colour comes from its prompt, not its noise")
+    parser.add_argument("--unet2-attention16-steps", type=int, default=1500,
+                        help="unet2-attention16: updates of unet2-more's model with cross-attention added at 16x16 "
+                             "(at --unet2-more-lr and --unet2-more-offset-noise)")
     parser.add_argument("--unet2-cross-attention-16", action="store_true",
                         help="unet2 on 32x32 latents: cross-attention at its 16x16 level too, as unet16 has")
     parser.add_argument("--offset-noise", type=non_negative_float, default=0.0,
@@ -943,6 +990,8 @@ def main(argv=None):
         train_unet2(tokenizer, args, device)
     if args.stage in ("all", "unet2-more") and args.unet2_more_steps:
         train_unet2_more(tokenizer, args, device)
+    if args.stage == "unet2-attention16" and args.unet2_attention16_steps:
+        train_unet2_attention16(tokenizer, args, device)
     if args.stage == "shapes" and args.shape_decoder_steps:
         train_shape_decoder(args, device)
     if args.stage == "unet16" and args.unet16_steps:
