@@ -742,13 +742,18 @@ def train_unet2_attention16(tokenizer, args, device):
     rosette is three latent pixels wide, without pretraining from scratch."""
     from diffusers import UNet2DConditionModel
 
+    from common.errors import UserError
+
     def warm_start(vae):
         if args.from_model:
             old_unet = UNet2DConditionModel.from_pretrained(args.from_model / "unet")
             text_encoder = starting_text_encoder(args, tokenizer)
         else:
-            old_unet, text_encoder = load_final([v2_unet(args, vae, False), starting_text_encoder(args, tokenizer)],
+            old_unet, text_encoder = load_final([v2_unet(args, vae), starting_text_encoder(args, tokenizer)],
                                                 args.work_dir / "unet2-more")
+        if "CrossAttnDownBlock2D" in old_unet.config.down_block_types[:2]:
+            raise UserError("that UNet already has cross-attention at 16x16; unet2-attention16 grows it on "
+                            "a UNet without it (unet2 without --unet2-cross-attention-16)")
         return with_new_attention(old_unet, v2_unet(args, vae, True)), text_encoder
 
     train_on_vae2_latents("unet2-attention16", tokenizer, args, device, args.unet2_attention16_steps,

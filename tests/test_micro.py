@@ -243,7 +243,7 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
     from micro import pretrain
 
     args = _pretrain_args(tmp_path, vae2_levels=levels, vae2_steps=1, vae2_latent_channels=latent_channels,
-                          from_model=None, vae2_dir=None, unet2_cross_attention_16=levels == 2,
+                          from_model=None, vae2_dir=None, unet2_cross_attention_16=False,
                           unet2_steps=2, unet_lr=1e-3, unet_batch=2, unet_channels=[32, 32, 32], text_width=32,
                           text_layers=1, unet16_latent_images=4, shape_images=4, shape_share=0.5,
                           schedule_shift=4.0 if levels == 2 else 1.0, offset_noise=0.1 if levels == 2 else 0.0)
@@ -251,7 +251,7 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
     pretrain.train_vae2(args, torch.device("cpu"))
     pretrain.train_unet2(tokenizer, args, torch.device("cpu"))
     size = 64 // 2 ** (levels - 1)
-    layout = ([32, 32, 32], pretrain.UNET16_BLOCKS) if levels == 3 else ([16, 32, 32, 32], pretrain.UNET32_BLOCKS)
+    layout = ([32, 32, 32], pretrain.UNET16_BLOCKS) if levels == 3 else ([16, 32, 32, 32], pretrain.UNET32_CONV_BLOCKS)
     unet, _ = pretrain.load_final([pretrain.make_unet(*layout[:1], 32, layout[1], latent_channels, size),
                                    pretrain.make_text_encoder(tokenizer, 32, 1)], tmp_path / "work" / "unet2")
     assert unet.config.in_channels == unet.config.out_channels == latent_channels  # the VAE's latents
@@ -276,10 +276,20 @@ def test_v2_unet_stage_trains_on_the_v2_vaes_latents_and_encodes_them_anew_for_a
                     for stage in ("unet2", "unet2-more")}
         assert (recorded["unet2"]["offset_noise"], recorded["unet2-more"]["offset_noise"]) == (0.1, 0.2)
 
+        # unet2-attention16 grows cross-attention at 16x16 on unet2-more's model, and assemble takes it
+        pretrain.train_unet2_attention16(tokenizer, argparse_changed(more, unet2_attention16_steps=1),
+                                         torch.device("cpu"))
+        grown = load_file(str(tmp_path / "work" / "unet2-attention16" / "final.safetensors"))
+        assert set(further) < set(grown)
+        assert all(".attentions." in key for key in set(grown) - set(further))
+        assert json.loads((tmp_path / "work" / "unet2-attention16" / "progress.json").read_text()
+                          )["settings"]["cross_attention_16"]
         pretrain.assemble(argparse_changed(args, out_dir=tmp_path / "v2", device="cpu"), tokenizer,
                           torch.device("cpu"))
         pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "v2")
         assert pipe.unet.config.sample_size == 32 and list(pipe.vae.config.block_out_channels) == [32, 64]
+        assembled = {f"0.{key}": value for key, value in pipe.unet.state_dict().items()}
+        assert all(torch.equal(assembled[key], grown[key]) for key in assembled)
         # the shifted schedule the UNet trained with travels in the folder, to every scheduler made from it
         from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 

@@ -4,6 +4,7 @@ warm start (the new 16x16 attention starts as nothing, so v2 first draws exactly
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from micro import rosettes, shapes, world
@@ -78,6 +79,27 @@ def test_v2_unet_starts_as_v1_and_adds_attention_at_16x16(tmp_path):
     with torch.no_grad():
         v2.down_blocks[0].attentions[0].proj_out.weight.normal_()
         assert not torch.allclose(v1(latents, timesteps, prompt).sample, v2(latents, timesteps, prompt).sample)
+
+
+def test_attention_grown_at_16x16_on_32x32_latents_starts_as_the_model_it_came_from():
+    from micro import pretrain
+
+    channels, width = (16, 32, 32, 32), 32
+    torch.manual_seed(0)
+    conv_only = pretrain.make_unet(channels, width, pretrain.UNET32_CONV_BLOCKS, latent_size=32)
+    with torch.no_grad():  # as if trained: no weight at its initial value
+        for parameter in conv_only.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    grown = pretrain.with_new_attention(conv_only, pretrain.make_unet(channels, width, pretrain.UNET32_BLOCKS,
+                                                                      latent_size=32))
+    assert grown.down_blocks[1].attentions[0].transformer_blocks[0].only_cross_attention
+    latents, timesteps, prompt = torch.randn(2, 4, 32, 32), torch.tensor([10, 700]), torch.randn(2, 7, width)
+    with torch.no_grad():
+        assert torch.equal(conv_only(latents, timesteps, prompt).sample, grown(latents, timesteps, prompt).sample)
+    # the other way round, attention would be dropped: refused, not half loaded
+    with pytest.raises(RuntimeError, match="beyond new attention"):
+        pretrain.with_new_attention(grown, pretrain.make_unet(channels, width, pretrain.UNET32_CONV_BLOCKS,
+                                                              latent_size=32))
 
 
 def test_widened_vae_keeps_v1s_latents_exactly_and_grows_a_wider_decoder():
