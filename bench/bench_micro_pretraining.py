@@ -92,6 +92,12 @@ def main():
         pretrain.train_unet2_more(tokenizer, more_run, cpu)
         rows.append(("unet2-more (offset noise)", (time.perf_counter() - started) / (2 + args.updates),
                      defaults.unet2_more_steps, True))
+        # unet2-more's model with cross-attention grown at 16x16, on the same cached latents
+        grow_run = argparse.Namespace(**{**vars(more_run), "unet2_attention16_steps": 2 + args.updates})
+        started = time.perf_counter()
+        pretrain.train_unet2_attention16(tokenizer, grow_run, cpu)
+        rows.append(("unet2-attention16 (attention at 16x16)", (time.perf_counter() - started) / (2 + args.updates),
+                     defaults.unet2_attention16_steps, True))
         # the measured experiments, run by name only
         decoder_rate, _ = stage_rate(lambda run: pretrain.train_decoder(run, cpu), "decoder_steps")
         rows.append(("decoder (experiment)", decoder_rate, defaults.decoder_steps, False))

@@ -18,10 +18,13 @@ Stages (each checkpoints to <work-dir>/<stage>/ as it goes, with a loss curve in
 6. unet2-more unet2 trained further from its final weights, with a fresh schedule and offset
               noise (--unet2-more-steps, --unet2-more-lr, --unet2-more-offset-noise), so that
               each picture's colour comes from its prompt; 0 steps skips it
-7. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
-              a sample grid in outputs/micro_pretraining_samples.png; it takes unet2
-              and vae2's VAE where unet2 ran, else the shapes decoder and unet16
-              where those ran, else v1
+7. unet2-attention16  unet2-more's model with cross-attention added at its 16x16 level,
+              where a rosette is three latent pixels wide (warm-started: it starts drawing
+              as before), trained further (--unet2-attention16-steps; 0 skips it)
+8. assemble   a StableDiffusionPipeline folder in models/micro (safetensors) and
+              a sample grid in outputs/micro_pretraining_samples.png; it takes the newest
+              of unet2-attention16, unet2-more and unet2 with vae2's VAE where one ran, else
+              the shapes decoder and unet16 where those ran, else v1
 
 Measured experiments, run by name only (docs/micro_model.md says what each gave):
    decoder    v1's decoder alone fine-tuned for sharper edges (the latents stay the same)
@@ -30,8 +33,6 @@ Measured experiments, run by name only (docs/micro_model.md says what each gave)
    unet16     v1's UNet with cross-attention at 16x16 too, warm-started from v1
    vae2 with --vae2-levels 3 (16x16 latents) and --vae2-latent-channels 16
    unet2 with --offset-noise or --schedule-shift
-   unet2-attention16  unet2-more's model with cross-attention added at its 16x16 level
-              (warm-started: it starts drawing as before), trained further
 
 v2's UNet can also start from a v1 model folder's text encoder instead of this run's v1 stages
 (v1 is models/micro at commit 162ddd3: `git worktree add ../micro_v1 162ddd3`):
@@ -981,7 +982,8 @@ def main(argv=None):
     # the v2 stages keep the v1 model's tokenizer, whose token ids its text encoder learned
     tokenizer = CLIPTokenizer.from_pretrained(args.from_model / "tokenizer" if args.from_model else tokenizer_dir)
     # "all" builds the shipped model, v2: v1's vae and unet stages (whose text encoder v2 starts
-    # from), then vae2, unet2 and unet2-more. The other stages are measured experiments, run by name.
+    # from), then vae2, unet2, unet2-more and unet2-attention16. The other stages are measured
+    # experiments, run by name.
     if args.stage in ("all", "vae"):
         train_vae(args, device)
     if args.stage == "decoder" and args.decoder_steps:
@@ -995,7 +997,7 @@ def main(argv=None):
         train_unet2(tokenizer, args, device)
     if args.stage in ("all", "unet2-more") and args.unet2_more_steps:
         train_unet2_more(tokenizer, args, device)
-    if args.stage == "unet2-attention16" and args.unet2_attention16_steps:
+    if args.stage in ("all", "unet2-attention16") and args.unet2_attention16_steps:
         train_unet2_attention16(tokenizer, args, device)
     if args.stage == "shapes" and args.shape_decoder_steps:
         train_shape_decoder(args, device)
