@@ -90,8 +90,8 @@ def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
     from tests.helpers import run_main
 
     args = ["--base-model", "micro", "--adapter-dir", tmp_path / "lora", "--class-dir", tmp_path / "classes",
-            "--output-dir", tmp_path / "out", "--num-class-images", 8, "--max-train-steps", 150,
-            "--learning-rate", 1e-3, "--steps", 8, "--progress-every", 1000,
+            "--output-dir", tmp_path / "out", "--num-class-images", 8, "--max-train-steps", 80,
+            "--learning-rate", 3e-4, "--steps", 8, "--progress-every", 1000,
             # half the work per update (no class image beside each instance image); the other training
             # tests run with the prior, and what it protects is measured in docs/micro_model.md
             "--no-prior-preservation"]
@@ -102,7 +102,8 @@ def test_short_dreambooth_run_moves_the_judge_toward_the_subject(tmp_path):
     judge = json.loads((tmp_path / "judge.json").read_text())["subject"]
     after = judge["lora_with_sks"]["similarity_to_training_images"]
     before = judge["base_with_sks"]["similarity_to_training_images"]
-    # this short, hot run clears the margin by more than twice on v2; without the prior it also drifts
+    # this short run clears the margin several times over on the shipped model (a hotter rate loses the
+    # contexts and the margin with them); without the prior it also drifts
     # without "sks", which the default run (800 updates at 1e-4, with the prior) does far less
     assert after > before + 0.05, json.dumps(judge)
     by_context = judge["lora_with_sks"]["similarity_by_context"]

@@ -90,7 +90,7 @@ def test_micro_adapter_in_kohya_layout_matches_the_repo_loader(tmp_path):
 
     kohya_file = tmp_path / "fabric_lora_kohya.safetensors"
     layers = save_kohya_lora(read_lora(MICRO_LORA), kohya_file)
-    assert layers == {"unet": 84}  # 56 attention projections, conv1 and conv2 of 14 ResNets; no text encoder
+    assert layers == {"unet": 108}  # 80 attention projections, conv1 and conv2 of 14 ResNets; no text encoder
     # a prompt without "sks": the identifier's trained embeddings, which no LoRA layout holds, do not act
     assert_same_as_repo_loader(lambda: load_pipeline(str(REPO / "models" / "micro"), torch.device("cpu"),
                                                      torch.float32),
