@@ -444,8 +444,11 @@ def train_shape_decoder(args, device):
     world's families have no small points, so a decoder trained on them rounds every point off. The
     encoder stays frozen, so the UNet's latents do not change, and the subject is never among the
     shapes. (Training the encoder too did not keep the points either: docs/micro_model.md.)"""
-    v1 = previous_vae(args).to(device).requires_grad_(False)
-    vae = freeze_encoder(widened_vae(v1, args.vae_widen).to(device) if args.vae_widen > 1 else v1)
+    v1 = previous_vae(args).to(device)
+    if args.vae_widen > 1:  # v1 stays as it is, the encoder the wide one must match
+        vae = freeze_encoder(widened_vae(v1.requires_grad_(False), args.vae_widen).to(device))
+    else:  # v1's own decoder is the one trained
+        vae = freeze_encoder(v1)
     batches = lambda start: prefetch(partial(world_and_shapes_batch, "shapes", size=args.vae_batch, seed=args.seed),
                                      range(start, args.shape_decoder_steps), args.workers)
     settings = {"batch": args.vae_batch, "from": str(args.from_model)}

@@ -185,6 +185,12 @@ def test_decoder_stage_changes_the_decoder_and_keeps_the_latents(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     assert (tmp_path / "outputs" / "micro_pretraining_decoder_loss.png").is_file()
+    # the shapes stage at its default width trains that decoder further, and the encoder still not
+    shapes = pretrain.train_shape_decoder(argparse_changed(args, from_model=None, vae_widen=1, shape_decoder_steps=2,
+                                                           shape_decoder_lr=5e-4), torch.device("cpu"))
+    reshaped = shapes.state_dict()
+    assert all(torch.equal(before[k], reshaped[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(after[k], reshaped[k]) for k in after if k.startswith("decoder."))
 
 
 def test_v2_vae_stage_trains_the_whole_vae_with_32x32_latents_on_world_and_shapes(tmp_path):
